@@ -1,0 +1,79 @@
+"""Batch norm whose statistics are kept per group of several axes.
+
+Attention logits are normalised with one (mean, variance, gamma, beta) per
+(term, head) pair, and attention outputs per (term, head, channel), over a
+tensor like [3, N, heads, L, L]. Keras' BatchNormalization normalises a single
+axis, so this layer takes the full broadcast shape of its parameters (for
+example [3, 1, 8, 1, 1]): axes of size 1 in `param_shape` are reduced over.
+It is synchronized across replicas like the rest of the model's batch norms.
+"""
+import keras
+import tensorflow as tf
+
+from deeplab2_kmax.model.layers import conv_bn
+
+
+class GroupedBatchNorm(keras.layers.Layer):
+  """Batch norm with parameters of shape `param_shape` (broadcast to input)."""
+
+  def __init__(self, param_shape, momentum=conv_bn.BN_MOMENTUM,
+               epsilon=conv_bn.BN_EPSILON, gamma_initializer='ones',
+               **kwargs):
+    super().__init__(**kwargs)
+    self.param_shape = tuple(int(d) for d in param_shape)
+    self.momentum = momentum
+    self.epsilon = epsilon
+    self.gamma_initializer = gamma_initializer
+    self.gamma = self.add_weight(name='gamma', shape=self.param_shape,
+                                 initializer=gamma_initializer)
+    self.beta = self.add_weight(name='beta', shape=self.param_shape,
+                                initializer='zeros')
+    self.moving_mean = self.add_weight(
+        name='moving_mean', shape=self.param_shape, initializer='zeros',
+        trainable=False)
+    self.moving_variance = self.add_weight(
+        name='moving_variance', shape=self.param_shape, initializer='ones',
+        trainable=False)
+    self._reduce_axes = [a for a, d in enumerate(self.param_shape) if d == 1]
+
+  def call(self, x, training=False):
+    if len(x.shape) != len(self.param_shape):
+      raise ValueError(f'{self.name}: input rank {len(x.shape)} does not '
+                       f'match parameter shape {self.param_shape}')
+    if training:
+      mean, variance = self._batch_moments(x)
+      self.moving_mean.assign(self.moving_mean * self.momentum +
+                              mean * (1.0 - self.momentum))
+      self.moving_variance.assign(self.moving_variance * self.momentum +
+                                  variance * (1.0 - self.momentum))
+    else:
+      mean, variance = self.moving_mean, self.moving_variance
+    scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
+    return x * scale + (self.beta - mean * scale)
+
+  def _batch_moments(self, x):
+    """Mean and variance over the reduced axes and over all replicas."""
+    x = tf.cast(x, tf.float32)
+    count = tf.cast(tf.size(x), tf.float32) / float(
+        max(1, _prod(self.param_shape)))
+    total = tf.reduce_sum(x, self._reduce_axes, keepdims=True)
+    total_sq = tf.reduce_sum(tf.square(x), self._reduce_axes, keepdims=True)
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+      total, total_sq, count = context.all_reduce(
+          tf.distribute.ReduceOp.SUM, [total, total_sq, count])
+    mean = total / count
+    variance = tf.maximum(total_sq / count - tf.square(mean), 0.0)
+    return mean, variance
+
+  def get_config(self):
+    return {**super().get_config(), 'param_shape': self.param_shape,
+            'momentum': self.momentum, 'epsilon': self.epsilon,
+            'gamma_initializer': self.gamma_initializer}
+
+
+def _prod(values):
+  result = 1
+  for v in values:
+    result *= v
+  return result

@@ -1,0 +1,43 @@
+"""Pixel-to-center aggregation: the one switch between MaX, CMT and kMaX.
+
+Given affinity logits L between P pixels and N cluster centers (the layer's
+own mask prediction) and pixel values V, each center gathers
+U = A^T V with an assignment A [B, P, N] chosen by the activation:
+
+  SPATIAL_SOFTMAX  A = softmax over pixels, per center: the standard
+                   cross-attention of MaX-DeepLab (a weighted mean of pixels).
+  CLUSTER_SOFTMAX  A = softmax over centers, per pixel: CMT-DeepLab's soft
+                   clustering assignment (a soft sum over each center's
+                   pixels; gradients flow into the logits).
+  CLUSTER_ARGMAX   A = one_hot(argmax over centers), stop-gradient: the
+                   k-means step of kMaX-DeepLab (the sum of each cluster's
+                   pixels; an empty cluster gathers 0).
+"""
+import enum
+
+import tensorflow as tf
+
+
+class CrossAttentionActivation(enum.Enum):
+  SPATIAL_SOFTMAX = 'spatial_softmax'
+  CLUSTER_SOFTMAX = 'cluster_softmax'
+  CLUSTER_ARGMAX = 'cluster_argmax'
+
+
+def assignment(logits, activation):
+  """[B, P, N] logits -> [B, P, N] assignment weights (float32)."""
+  activation = CrossAttentionActivation(activation)
+  logits = tf.cast(logits, tf.float32)
+  if activation is CrossAttentionActivation.SPATIAL_SOFTMAX:
+    return tf.nn.softmax(logits, axis=1)  # sums to 1 over pixels
+  if activation is CrossAttentionActivation.CLUSTER_SOFTMAX:
+    return tf.nn.softmax(logits, axis=2)  # sums to 1 over centers
+  hard = tf.one_hot(tf.argmax(logits, axis=2), depth=logits.shape[2],
+                    dtype=tf.float32)  # [B, P, N]
+  return tf.stop_gradient(hard)
+
+
+def aggregate(logits, values, activation):
+  """U = A^T V: [B, P, N] logits, [B, P, D] values -> [B, N, D]."""
+  weights = assignment(logits, activation)
+  return tf.einsum('bpn,bpd->bnd', weights, tf.cast(values, tf.float32))
