@@ -9,6 +9,7 @@ Images are float RGB in [0, 255] of size k*32+1; the model maps them to
 [-1, 1]. See outputs.py for what a call returns.
 """
 import keras
+import tensorflow as tf
 
 from deeplab2_kmax.model import outputs
 
@@ -38,6 +39,19 @@ class KMaXDeepLab(keras.Model):
           backbone, training=training)
     result[outputs.AUXILIARY_PREDICTIONS] = auxiliary
     return result
+
+  @tf.__internal__.tracking.no_automatic_dependency_tracking
+  def _trackable_children(self, save_type='checkpoint', **kwargs):
+    """Every weight, keyed by its unique Keras path, for tf.train.Checkpoint.
+
+    Keras 3 does not expose layers held in Python lists (encoder stages,
+    decoder layers, ...) to TensorFlow checkpoints, so the default children
+    would silently miss most weights; listing the variables makes
+    `tf.train.Checkpoint(model=model)` complete and its keys readable.
+    """
+    if save_type != 'checkpoint':
+      return super()._trackable_children(save_type, **kwargs)
+    return {variable.path: variable for variable in self.weights}
 
   def get_config(self):
     config = super().get_config()

@@ -29,8 +29,10 @@ class RelativePositionalEncoding(keras.layers.Layer):
   def __init__(self, depth, **kwargs):
     super().__init__(**kwargs)
     self.depth = depth
+
+  def build(self, input_shape=None):
     self.embeddings = self.add_weight(
-        name='embeddings', shape=(2 * MAX_SPAN - 1, depth),
+        name='embeddings', shape=(2 * MAX_SPAN - 1, self.depth),
         initializer=keras.initializers.TruncatedNormal(stddev=1.0))
 
   def lookup(self, length):
@@ -66,6 +68,8 @@ class AxialAttention1D(keras.layers.Layer):
 
   def build(self, input_shape):
     channels = input_shape[-1]
+    for rpe in (self.query_rpe, self.key_rpe, self.value_rpe):
+      rpe.build()
     self.qkv_kernel = self.add_weight(
         name='qkv_kernel', shape=(channels, 2 * self.key_depth +
                                   self.value_depth),

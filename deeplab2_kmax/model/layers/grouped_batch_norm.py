@@ -24,8 +24,11 @@ class GroupedBatchNorm(keras.layers.Layer):
     self.momentum = momentum
     self.epsilon = epsilon
     self.gamma_initializer = gamma_initializer
+    self._reduce_axes = [a for a, d in enumerate(self.param_shape) if d == 1]
+
+  def build(self, input_shape=None):
     self.gamma = self.add_weight(name='gamma', shape=self.param_shape,
-                                 initializer=gamma_initializer)
+                                 initializer=self.gamma_initializer)
     self.beta = self.add_weight(name='beta', shape=self.param_shape,
                                 initializer='zeros')
     self.moving_mean = self.add_weight(
@@ -34,7 +37,6 @@ class GroupedBatchNorm(keras.layers.Layer):
     self.moving_variance = self.add_weight(
         name='moving_variance', shape=self.param_shape, initializer='ones',
         trainable=False)
-    self._reduce_axes = [a for a, d in enumerate(self.param_shape) if d == 1]
 
   def call(self, x, training=False):
     if len(x.shape) != len(self.param_shape):

@@ -38,9 +38,6 @@ class KMaXTransformerDecoder(keras.layers.Layer):
     self.head_width = head_width
     self.cross_attention_activation = cross_attention_activation
     self.drop_path_keep_prob = drop_path_keep_prob
-    self.cluster_centers = self.add_weight(
-        name='cluster_centers', shape=(1, num_centers, center_width),
-        initializer=keras.initializers.TruncatedNormal(stddev=1.0))
     self.layer_strides = [g.stride for g in self.layout
                           for _ in range(g.num_layers)]
     self.kmax_layers = [
@@ -56,6 +53,12 @@ class KMaXTransformerDecoder(keras.layers.Layer):
         center_width, activation='gelu', name='class_embedding_projection')
     self.mask_embedding = conv_bn.DenseBN(
         center_width, activation='gelu', name='mask_embedding_projection')
+
+  def build(self, input_shape=None):
+    self.cluster_centers = self.add_weight(
+        name='cluster_centers',
+        shape=(1, self.num_centers, self.center_width),
+        initializer=keras.initializers.TruncatedNormal(stddev=1.0))
 
   def call(self, pixel_features, training=False):
     batch = tf.shape(next(iter(pixel_features.values())))[0]

@@ -1,0 +1,163 @@
+"""Benchmarks a model config: parameters, latency, FLOPs, throughput, memory.
+
+For each (input size, XLA on/off) case it prints one JSON line with:
+  params          trainable and non-trainable parameter counts
+  latency_s       median (and min/max) of --runs timed calls, batch 1,
+                  inference mode, inside tf.function, after --warmup calls
+  gflops          floating-point operations of one forward pass, counted by
+                  TensorFlow's profiler on the traced graph
+  gflops_per_s    achieved rate = gflops / median latency
+  matmul_gflops_per_s  the machine's float32 matmul rate measured in the same
+                  process (a 2048^3 matmul), for scale
+  peak_rss_mib    peak resident memory of the process running that case
+
+Each case runs in its own subprocess so peak memory is per case. Example:
+  python scripts/benchmark_model.py \
+      --config_file=configs/coco/kmax_deeplab/kmax_r50_os32.textproto \
+      --sizes=641,1281 --xla=off,on
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--config_file', required=True)
+  parser.add_argument('--sizes', default='641,1281',
+                      help='comma-separated square input sizes (k*32+1)')
+  parser.add_argument('--xla', default='off,on',
+                      help='comma-separated: off, on')
+  parser.add_argument('--runs', type=int, default=5)
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--threads', type=int, default=0,
+                      help='intra-op threads (0 = TensorFlow default)')
+  parser.add_argument('--no_flops', action='store_true',
+                      help='skip the profiler FLOP count')
+  parser.add_argument('--case', default=None, help=argparse.SUPPRESS)
+  return parser.parse_args(argv)
+
+
+def _peak_rss_mib():
+  # ru_maxrss is in KiB on Linux.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _matmul_rate(tf, n=2048, runs=10):
+  a = tf.random.uniform([n, n])
+  b = tf.random.uniform([n, n])
+  matmul = tf.function(lambda x, y: tf.linalg.matmul(x, y))
+  matmul(a, b).numpy()
+  times = []
+  for _ in range(runs):
+    start = time.perf_counter()
+    matmul(a, b).numpy()
+    times.append(time.perf_counter() - start)
+  return 2.0 * n**3 / statistics.median(times) / 1e9
+
+
+def _count_flops(tf, concrete):
+  """FLOPs of a concrete function, by the TF profiler on its frozen graph."""
+  from tensorflow.python.framework import convert_to_constants  # pylint: disable=import-outside-toplevel
+  frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
+  options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+  options['output'] = 'none'
+  stats = tf.compat.v1.profiler.profile(graph=frozen.graph, options=options)
+  return stats.total_float_ops
+
+
+def run_case(args, size, xla):
+  """Measures one case in this process and returns its JSON record."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import deeplab2_kmax  # pylint: disable=import-outside-toplevel
+  from deeplab2_kmax.model import outputs  # pylint: disable=import-outside-toplevel
+
+  if args.threads:
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+  config = deeplab2_kmax.load_config(args.config_file)
+  model = deeplab2_kmax.build_model(config)
+  images = tf.random.uniform([1, size, size, 3], 0.0, 255.0, seed=0)
+
+  def forward(x):
+    result = model(x, training=False)
+    return {k: v for k, v in result.items()
+            if k != outputs.AUXILIARY_PREDICTIONS}
+
+  function = tf.function(forward, jit_compile=xla)
+  model(tf.zeros([1, 65, 65, 3]), training=False)  # build the variables
+  trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
+  frozen = int(sum(np.prod(v.shape) for v in model.non_trainable_weights))
+  flops = None
+  if not args.no_flops:
+    concrete = tf.function(forward).get_concrete_function(
+        tf.TensorSpec([1, size, size, 3], tf.float32))
+    flops = _count_flops(tf, concrete)
+  for _ in range(args.warmup):
+    tf.nest.map_structure(lambda t: t.numpy(), function(images))
+  times = []
+  for _ in range(args.runs):
+    start = time.perf_counter()
+    tf.nest.map_structure(lambda t: t.numpy(), function(images))
+    times.append(time.perf_counter() - start)
+  median = statistics.median(times)
+  matmul = _matmul_rate(tf)
+  return {
+      'config': args.config_file,
+      'input_size': size,
+      'xla': xla,
+      'batch': 1,
+      'params': {'trainable': trainable, 'non_trainable': frozen},
+      'latency_s': {'median': round(median, 4), 'min': round(min(times), 4),
+                    'max': round(max(times), 4), 'runs': args.runs},
+      'gflops': None if flops is None else round(flops / 1e9, 2),
+      'gflops_per_s': None if flops is None else round(
+          flops / median / 1e9, 2),
+      'matmul_gflops_per_s': round(matmul, 2),
+      'peak_rss_mib': round(_peak_rss_mib(), 1),
+      'threads': args.threads or 'default',
+      'cpu_count': os.cpu_count(),
+      'machine': platform.processor() or platform.machine(),
+      'tensorflow': tf.__version__,
+      'devices': [d.device_type for d in tf.config.list_physical_devices()],
+  }
+
+
+def main(argv=None):
+  args = _parse_args(argv)
+  if args.case:
+    size, xla = args.case.split(':')
+    print(json.dumps(run_case(args, int(size), xla == 'on')), flush=True)
+    return 0
+  status = 0
+  for size in [int(s) for s in args.sizes.split(',')]:
+    for xla in args.xla.split(','):
+      if xla not in ('on', 'off'):
+        raise SystemExit(f'--xla: expected on or off, got {xla!r}')
+      command = [sys.executable, os.path.abspath(__file__),
+                 f'--config_file={args.config_file}', f'--runs={args.runs}',
+                 f'--warmup={args.warmup}', f'--threads={args.threads}',
+                 f'--case={size}:{xla}'] + (
+                     ['--no_flops'] if args.no_flops else [])
+      result = subprocess.run(command, stdout=subprocess.PIPE, text=True,
+                              check=False)
+      lines = [l for l in result.stdout.splitlines() if l.startswith('{')]
+      if result.returncode != 0 or not lines:
+        print(json.dumps({'config': args.config_file, 'input_size': size,
+                          'xla': xla == 'on',
+                          'error': f'exit status {result.returncode}'}),
+              flush=True)
+        status = 1
+      else:
+        print(lines[-1], flush=True)
+  return status
+
+
+if __name__ == '__main__':
+  sys.exit(main())
