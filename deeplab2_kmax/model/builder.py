@@ -51,6 +51,7 @@ def build_model(config):
           stride=s.stride, block_type=_BLOCK_TYPES[s.block_type],
           num_blocks=s.num_blocks, filters=s.filters)
        for s in options.pixel_decoder.stages],
+      backbone_channels=encoder.output_channels,
       num_heads=options.pixel_decoder.num_heads, name='pixel_decoder')
   transformer_decoder = kmax_transformer_decoder.KMaXTransformerDecoder(
       [kmax_transformer_decoder.DecoderLayout(s.stride, s.num_layers)

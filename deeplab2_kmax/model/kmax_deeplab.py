@@ -14,6 +14,7 @@ import tensorflow as tf
 from deeplab2_kmax.model import outputs
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class KMaXDeepLab(keras.Model):
   """Pixel encoder + pixel decoder + transformer decoder + heads."""
 

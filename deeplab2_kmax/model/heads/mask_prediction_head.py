@@ -28,6 +28,7 @@ def void_logit_offset(num_logits):
   return math.log((num_logits - 1) * p / (1.0 - p))
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class MaskPredictionHead(keras.layers.Layer):
   """(pixels [B,h,w,C], class emb [B,N,D], mask emb [B,N,D]) -> predictions."""
 

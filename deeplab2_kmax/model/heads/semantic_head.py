@@ -22,6 +22,7 @@ class LowLevelSkip:
   channels: int
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class ASPP(keras.layers.Layer):
   """Atrous spatial pyramid pooling: 1x1, three dilated 3x3, global pool."""
 
@@ -57,6 +58,7 @@ class ASPP(keras.layers.Layer):
             'atrous_rates': self.atrous_rates, 'dropout': self.dropout}
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class SemanticHead(keras.layers.Layer):
   """{stride: backbone feature (non-activated)} -> semantic logits."""
 

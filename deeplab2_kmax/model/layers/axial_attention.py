@@ -23,6 +23,7 @@ MAX_SPAN = 255
 MAX_AXIS_LENGTH = 129
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class RelativePositionalEncoding(keras.layers.Layer):
   """A table of embeddings indexed by (key position - query position)."""
 
@@ -45,6 +46,7 @@ class RelativePositionalEncoding(keras.layers.Layer):
     return {**super().get_config(), 'depth': self.depth}
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class AxialAttention1D(keras.layers.Layer):
   """Global multi-head attention along the middle axis of [N, L, C]."""
 
@@ -77,6 +79,10 @@ class AxialAttention1D(keras.layers.Layer):
 
   def call(self, x, training=False):
     length = x.shape[1]
+    if length is None:
+      raise ValueError(
+          f'{self.name}: the attended axis needs a static length (images of '
+          'a fixed size k*32+1); got an unknown length')
     if length > MAX_AXIS_LENGTH:
       raise ValueError(
           f'{self.name}: axis length {length} exceeds {MAX_AXIS_LENGTH}, the '
@@ -116,6 +122,7 @@ class AxialAttention1D(keras.layers.Layer):
             'value_depth': self.value_depth, 'num_heads': self.num_heads}
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class AxialAttention2D(keras.layers.Layer):
   """Height-axis attention, then width-axis attention, on [B, H, W, C]."""
 

@@ -39,6 +39,7 @@ def get_activation(name):
                    'none')
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class ConvBN(keras.layers.Layer):
   """Conv2D (no bias) -> BN -> activation, with symmetric stride padding.
 
@@ -90,6 +91,7 @@ class ConvBN(keras.layers.Layer):
             'depthwise': self.depthwise, 'dilation_rate': self.dilation_rate}
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class DenseBN(keras.layers.Layer):
   """A 1x1 projection of a [B, N, C] sequence (no bias) -> BN -> activation.
 
@@ -121,6 +123,7 @@ class DenseBN(keras.layers.Layer):
                 self.kernel_initializer)}
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class SeparableConvBN(keras.layers.Layer):
   """Depthwise KxK conv -> BN -> act, then pointwise 1x1 -> BN -> act."""
 

@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class DropPath(keras.layers.Layer):
   """Drops a residual branch per sample during training."""
 

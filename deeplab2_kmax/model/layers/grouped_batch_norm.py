@@ -13,6 +13,7 @@ import tensorflow as tf
 from deeplab2_kmax.model.layers import conv_bn
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class GroupedBatchNorm(keras.layers.Layer):
   """Batch norm with parameters of shape `param_shape` (broadcast to input)."""
 

@@ -12,13 +12,15 @@ from deeplab2_kmax.model.layers import conv_bn
 from deeplab2_kmax.model.layers import drop_path
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class _ResidualBlock(keras.layers.Layer):
   """act(x) -> branch -> + shortcut(act(x)); subclasses define the branch."""
 
-  def __init__(self, filters, strides=1, activation='relu',
+  def __init__(self, filters, in_channels, strides=1, activation='relu',
                drop_path_keep_prob=1.0, **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
+    self.in_channels = in_channels
     self.strides = strides
     self.activation = activation
     self.drop_path_keep_prob = drop_path_keep_prob
@@ -26,12 +28,11 @@ class _ResidualBlock(keras.layers.Layer):
     self.conv3 = conv_bn.ConvBN(4 * filters, 1, bn_gamma_initializer='zeros',
                                 name='conv3_bn')
     self.drop_path = drop_path.DropPath(drop_path_keep_prob)
+    # A projection shortcut where the identity does not fit.
     self.shortcut = None
-
-  def build(self, input_shape):
-    if input_shape[-1] != 4 * self.filters or self.strides != 1:
-      self.shortcut = conv_bn.ConvBN(4 * self.filters, 1,
-                                     strides=self.strides, name='shortcut')
+    if in_channels != 4 * filters or strides != 1:
+      self.shortcut = conv_bn.ConvBN(4 * filters, 1, strides=strides,
+                                     name='shortcut')
 
   def branch(self, x, training):
     raise NotImplementedError
@@ -45,15 +46,18 @@ class _ResidualBlock(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), 'filters': self.filters,
-            'strides': self.strides, 'activation': self.activation,
+            'in_channels': self.in_channels, 'strides': self.strides,
+            'activation': self.activation,
             'drop_path_keep_prob': self.drop_path_keep_prob}
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class BottleneckBlock(_ResidualBlock):
   """1x1 f -> 3x3 f (strided or dilated) -> 1x1 4f (He et al., 2016)."""
 
-  def __init__(self, filters, strides=1, dilation_rate=1, **kwargs):
-    super().__init__(filters, strides=strides, **kwargs)
+  def __init__(self, filters, in_channels, strides=1, dilation_rate=1,
+               **kwargs):
+    super().__init__(filters, in_channels, strides=strides, **kwargs)
     self.dilation_rate = dilation_rate
     self.conv1 = conv_bn.ConvBN(filters, 1, activation=self.activation,
                                 name='conv1_bn_act')
@@ -70,6 +74,7 @@ class BottleneckBlock(_ResidualBlock):
     return {**super().get_config(), 'dilation_rate': self.dilation_rate}
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class AxialBlock(_ResidualBlock):
   """1x1 2f -> axial attention (height, width) -> act -> 1x1 4f.
 
@@ -77,8 +82,11 @@ class AxialBlock(_ResidualBlock):
   decoder at strides 32 and 16.
   """
 
-  def __init__(self, filters, num_heads=8, **kwargs):
-    super().__init__(filters, **kwargs)
+  def __init__(self, filters, in_channels, num_heads=8, **kwargs):
+    if kwargs.get('strides', 1) != 1:
+      raise ValueError('AxialBlock does not support strides; got '
+                       f'{kwargs["strides"]}')
+    super().__init__(filters, in_channels, **kwargs)
     self.num_heads = num_heads
     self.conv1 = conv_bn.ConvBN(2 * filters, 1, activation=self.activation,
                                 name='conv1_bn_act')

@@ -11,21 +11,20 @@ from deeplab2_kmax.model.layers import conv_bn
 from deeplab2_kmax.model.layers import resize
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class ResizedFuse(keras.layers.Layer):
   """sum_i resize(BN(conv1x1(act(x_i)))) at the size of the last input."""
 
-  def __init__(self, channels, activation='gelu', **kwargs):
+  def __init__(self, channels, input_channels, activation='gelu', **kwargs):
     super().__init__(**kwargs)
     self.channels = channels
+    self.input_channels = tuple(input_channels)
     self.activation = activation
     self._act = conv_bn.get_activation(activation)
-    self.projections = []
-
-  def build(self, input_shapes):
     self.projections = [
-        None if shape[-1] == self.channels else conv_bn.ConvBN(
-            self.channels, 1, name=f'resized_conv_bn{i + 1}')
-        for i, shape in enumerate(input_shapes)]
+        None if c == channels else conv_bn.ConvBN(
+            channels, 1, name=f'resized_conv_bn{i + 1}')
+        for i, c in enumerate(self.input_channels)]
 
   def call(self, inputs, training=False):
     size = inputs[-1].shape[1:3]
@@ -38,4 +37,5 @@ class ResizedFuse(keras.layers.Layer):
 
   def get_config(self):
     return {**super().get_config(), 'channels': self.channels,
+            'input_channels': self.input_channels,
             'activation': self.activation}

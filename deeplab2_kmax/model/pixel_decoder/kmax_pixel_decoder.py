@@ -29,34 +29,50 @@ class DecoderStageSpec:
   filters: int  # the stage outputs 4 * filters channels
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class KMaXPixelDecoder(keras.layers.Layer):
   """Maps {stride: backbone feature} to {stride: decoder feature}."""
 
-  def __init__(self, stages, num_heads=8, **kwargs):
+  def __init__(self, stages, backbone_channels, num_heads=8, **kwargs):
+    """Args:
+      stages: DecoderStageSpecs from stride 32 down.
+      backbone_channels: {stride: channels} of the backbone features.
+      num_heads: heads of the axial attention.
+    """
     super().__init__(**kwargs)
     self.stages = [s if isinstance(s, DecoderStageSpec)
                    else DecoderStageSpec(**s) for s in stages]
+    # Keras configs turn int keys into strings.
+    self.backbone_channels = {int(k): v for k, v in backbone_channels.items()}
     self.num_heads = num_heads
     self.backbone_norms = [
         keras.layers.LayerNormalization(epsilon=1e-6,
                                         name=f'backbone_norm{i}')
         for i in range(len(self.stages))]
-    self.stage_blocks = [
-        [self._make_block(spec, f'stage{i}_block{b + 1}')
-         for b in range(spec.num_blocks)]
-        for i, spec in enumerate(self.stages)]
-    self.skip_connections = [
-        resized_fuse.ResizedFuse(spec.filters, name=f'skip_connection{i}')
-        for i, spec in enumerate(self.stages[1:])]
+    self.stage_blocks = []
+    self.skip_connections = []
+    in_channels = self.backbone_channels[self.stages[0].stride]
+    for i, spec in enumerate(self.stages):
+      if i > 0:
+        self.skip_connections.append(resized_fuse.ResizedFuse(
+            spec.filters,
+            (in_channels, self.backbone_channels[spec.stride]),
+            name=f'skip_connection{i - 1}'))
+        in_channels = spec.filters
+      self.stage_blocks.append([
+          self._make_block(spec, in_channels if b == 0 else 4 * spec.filters,
+                           f'stage{i}_block{b + 1}')
+          for b in range(spec.num_blocks)])
+      in_channels = 4 * spec.filters
 
-  def _make_block(self, spec, name):
+  def _make_block(self, spec, in_channels, name):
     if spec.block_type == AXIAL:
       return residual_blocks.AxialBlock(
-          spec.filters, num_heads=self.num_heads, activation='gelu',
-          name=name)
+          spec.filters, in_channels, num_heads=self.num_heads,
+          activation='gelu', name=name)
     if spec.block_type == BOTTLENECK:
       return residual_blocks.BottleneckBlock(
-          spec.filters, dilation_rate=BOTTLENECK_DILATION_RATE,
+          spec.filters, in_channels, dilation_rate=BOTTLENECK_DILATION_RATE,
           activation='gelu', name=name)
     raise ValueError(f'unknown pixel-decoder block type {spec.block_type!r}')
 
@@ -80,4 +96,5 @@ class KMaXPixelDecoder(keras.layers.Layer):
   def get_config(self):
     return {**super().get_config(),
             'stages': [dataclasses.asdict(s) for s in self.stages],
+            'backbone_channels': self.backbone_channels,
             'num_heads': self.num_heads}

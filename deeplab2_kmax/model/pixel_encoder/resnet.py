@@ -14,6 +14,7 @@ from deeplab2_kmax.model.layers import residual_blocks
 from deeplab2_kmax.model.pixel_encoder import variants
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class ResNetEncoder(keras.layers.Layer):
   """Returns {stride: non-activated feature} for strides 2, 4, 8, 16, 32."""
 
@@ -24,17 +25,20 @@ class ResNetEncoder(keras.layers.Layer):
     spec = variants.RESNET_VARIANTS[variant]
     self.stem = conv_bn.ConvBN(spec.stem_width, 7, strides=2, name='stem')
     self.stages = []
+    in_channels = spec.stem_width
     for index, (num_blocks, width) in enumerate(zip(spec.blocks,
                                                     spec.widths)):
       stride = 2 ** (index + 2)
       blocks = [
           residual_blocks.BottleneckBlock(
-              width, strides=2 if b == 0 else 1, activation='relu',
+              width, in_channels if b == 0 else 4 * width,
+              strides=2 if b == 0 else 1, activation='relu',
               drop_path_keep_prob=_block_keep_prob(drop_path_keep_prob,
                                                    stride),
               name=f'stage{index + 2}_block{b + 1}')
           for b in range(num_blocks)]
       self.stages.append(blocks)
+      in_channels = 4 * width
 
   @property
   def output_channels(self):

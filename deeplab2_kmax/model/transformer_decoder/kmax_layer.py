@@ -25,6 +25,7 @@ from deeplab2_kmax.model.layers import grouped_batch_norm
 from deeplab2_kmax.model.transformer_decoder import cross_attention
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class KMaXLayer(keras.layers.Layer):
   """(pixels [B,h,w,Cp], centers [B,N,D]) -> (centers, aux prediction)."""
 
@@ -82,14 +83,14 @@ class KMaXLayer(keras.layers.Layer):
 
   def call(self, pixels, centers, training=False):
     b, h, w = tf.shape(pixels)[0], pixels.shape[1], pixels.shape[2]
-    heads, width = self.num_heads, self.center_width
+    n, heads, width = centers.shape[1], self.num_heads, self.center_width
     pixels = tf.reshape(conv_bn.gelu(pixels), [b, h * w, pixels.shape[-1]])
     pixel_b = self.pixel_conv1(pixels, training=training)  # [B, P, D]
     center_b = self.memory_conv1(centers, training=training)  # [B, N, D]
 
     prediction = self.predictor(tf.reshape(pixel_b, [b, h, w, width]),
                                 center_b, center_b, training=training)
-    logits = tf.reshape(prediction['mask_logits'], [b, h * w, -1])  # [B,P,N]
+    logits = tf.reshape(prediction['mask_logits'], [b, h * w, n])  # [B, P, N]
 
     # Clustering update: each center gathers its pixels' values.
     values = self.pixel_v(pixel_b, training=training)  # [B, P, D]
@@ -101,7 +102,6 @@ class KMaXLayer(keras.layers.Layer):
     # Self-attention among centers, from the layer's input (parallel branch).
     qkv = self.memory_qkv(center_b, training=training)  # [B, N, 2Dk + D]
     q, k, v = tf.split(qkv, [self.key_depth, self.key_depth, width], -1)
-    n = centers.shape[1]
     q = tf.reshape(q, [b, n, heads, -1])  # [B, N, h, dk]
     k = tf.reshape(k, [b, n, heads, -1])  # [B, N, h, dk]
     v = tf.reshape(v, [b, n, heads, -1])  # [B, N, h, dv]

@@ -18,6 +18,7 @@ class DecoderLayout:
   num_layers: int
 
 
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class KMaXTransformerDecoder(keras.layers.Layer):
   """{stride: pixel feature} -> (class emb, mask emb, per-layer predictions)."""
 

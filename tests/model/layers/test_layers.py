@@ -315,40 +315,45 @@ def test_drop_path_rejects_bad_keep_prob(keep_prob):
 
 
 def test_bottleneck_block_shapes():
-  block = residual_blocks.BottleneckBlock(4)
+  block = residual_blocks.BottleneckBlock(4, 16)
   assert block(tf.zeros([2, 9, 9, 16])).shape == (2, 9, 9, 16)
   assert block.shortcut is None
-  strided = residual_blocks.BottleneckBlock(4, strides=2)
+  strided = residual_blocks.BottleneckBlock(4, 16, strides=2)
   assert strided(tf.zeros([2, 9, 9, 16])).shape == (2, 5, 5, 16)
   assert strided.shortcut is not None
-  dilated = residual_blocks.BottleneckBlock(2, dilation_rate=2)
+  dilated = residual_blocks.BottleneckBlock(2, 3, dilation_rate=2)
   assert dilated(tf.zeros([1, 5, 5, 3])).shape == (1, 5, 5, 8)
 
 
 def test_axial_block_shape():
-  block = residual_blocks.AxialBlock(4, num_heads=2, activation='gelu')
+  block = residual_blocks.AxialBlock(4, 16, num_heads=2, activation='gelu')
   assert block(tf.zeros([2, 5, 3, 16])).shape == (2, 5, 3, 16)
   assert block.shortcut is None
+
+
+def test_axial_block_rejects_strides():
+  with pytest.raises(ValueError, match='strides'):
+    residual_blocks.AxialBlock(4, 16, strides=2)
 
 
 @pytest.mark.parametrize('training', [False, True])
 def test_fresh_bottleneck_block_is_relu_of_input(training):
   x = _random([2, 5, 5, 16], seed=11)
-  block = residual_blocks.BottleneckBlock(4)
+  block = residual_blocks.BottleneckBlock(4, 16)
   np.testing.assert_allclose(block(x, training=training).numpy(),
                              np.maximum(x, 0.0), atol=1e-6)
 
 
 def test_fresh_axial_block_is_gelu_of_input():
   x = _random([2, 5, 3, 16], seed=12)
-  block = residual_blocks.AxialBlock(4, num_heads=2, activation='gelu')
+  block = residual_blocks.AxialBlock(4, 16, num_heads=2, activation='gelu')
   np.testing.assert_allclose(block(x, training=False).numpy(), _gelu(x),
                              atol=1e-5)
 
 
 def test_fresh_block_with_projection_is_shortcut_of_activated_input():
   x = _random([2, 5, 5, 6], seed=13)
-  block = residual_blocks.BottleneckBlock(4, strides=2)
+  block = residual_blocks.BottleneckBlock(4, 6, strides=2)
   y = block(x, training=False).numpy()
   assert y.shape == (2, 3, 3, 16)
   expected = block.shortcut(np.maximum(x, 0.0), training=False).numpy()
@@ -359,7 +364,7 @@ def test_fresh_block_with_projection_is_shortcut_of_activated_input():
 def test_trained_block_is_no_longer_identity():
   """Guards the check above: with nonzero conv3 gamma the branch shows."""
   x = _random([1, 5, 5, 16], seed=14)
-  block = residual_blocks.BottleneckBlock(4)
+  block = residual_blocks.BottleneckBlock(4, 16)
   block(x)
   block.conv3.bn.gamma.assign(tf.ones_like(block.conv3.bn.gamma))
   assert not np.allclose(block(x).numpy(), np.maximum(x, 0.0), atol=1e-3)
@@ -369,7 +374,7 @@ def test_trained_block_is_no_longer_identity():
 
 
 def test_resized_fuse_output_takes_last_input_size():
-  fuse = resized_fuse.ResizedFuse(6)
+  fuse = resized_fuse.ResizedFuse(6, (8, 4))
   y = fuse([tf.random.normal([2, 3, 3, 8]), tf.random.normal([2, 5, 5, 4])])
   assert y.shape == (2, 5, 5, 6)
   assert all(p is not None for p in fuse.projections)
@@ -378,7 +383,7 @@ def test_resized_fuse_output_takes_last_input_size():
 def test_resized_fuse_skips_projection_when_channels_match():
   coarse = _random([2, 3, 3, 8], seed=15)
   fine = _random([2, 5, 5, 4], seed=16)
-  fuse = resized_fuse.ResizedFuse(4)
+  fuse = resized_fuse.ResizedFuse(4, (8, 4))
   y = fuse([coarse, fine], training=False).numpy()
   assert fuse.projections[0] is not None
   assert fuse.projections[1] is None
@@ -391,7 +396,7 @@ def test_resized_fuse_skips_projection_when_channels_match():
 def test_resized_fuse_without_projections_is_resize_and_sum():
   coarse = _random([1, 3, 3, 4], seed=17)
   fine = _random([1, 5, 5, 4], seed=18)
-  fuse = resized_fuse.ResizedFuse(4)
+  fuse = resized_fuse.ResizedFuse(4, (4, 4))
   y = fuse([coarse, fine]).numpy()
   assert fuse.projections == [None, None]
   assert not fuse.trainable_weights
