@@ -39,9 +39,9 @@ def _bn(prefix, layer):
 def _conv_bn(prefix, layer):
   if layer.depthwise:
     kernel = _Entry(f'{prefix}/_depthwise_conv/depthwise_kernel',
-                    layer.conv.kernel)
+                    layer.kernel)
   else:
-    kernel = _Entry(f'{prefix}/_conv/kernel', layer.conv.kernel)
+    kernel = _Entry(f'{prefix}/_conv/kernel', layer.kernel)
   return [kernel] + _bn(f'{prefix}/_batch_norm', layer.bn)
 
 

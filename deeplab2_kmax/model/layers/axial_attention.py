@@ -23,6 +23,42 @@ MAX_SPAN = 255
 MAX_AXIS_LENGTH = 129
 
 
+def _affine(bn):
+  """(scale, shift) of a batch norm at inference: bn(x) = x * scale + shift."""
+  scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
+  return scale, bn.beta - bn.moving_mean * scale
+
+
+@tf.function(jit_compile=True)
+def _attention_inference(qkv, qkv_scale, qkv_shift, logit_scale, logit_shift,
+                         output_scale, output_shift, rpe_q, rpe_k, rpe_v):
+  """The inference-time attention with every batch norm folded in.
+
+  Equal to the training-time graph with moving statistics, but without
+  materialising the stacked [3, N, h, L, M] logits, in one XLA kernel.
+  logit_scale [3, h] and output_scale [2, h, dv] are the per-(term, head)
+  and per-(term, head, channel) scales; the shifts are summed over terms.
+  """
+  heads, dk, dv = logit_shift.shape[0], rpe_q.shape[-1], rpe_v.shape[-1]
+  n, length = tf.shape(qkv)[0], qkv.shape[1]
+  qkv = qkv * qkv_scale + qkv_shift
+  q, k, v = tf.split(qkv, [heads * dk, heads * dk, heads * dv], axis=-1)
+  q = tf.reshape(q, [n, length, heads, dk])  # [N, L, h, dk]
+  k = tf.reshape(k, [n, length, heads, dk])  # [N, M, h, dk]
+  v = tf.reshape(v, [n, length, heads, dv])  # [N, M, h, dv]
+  logits = (
+      tf.einsum('nlhd,nmhd->nhlm', q * logit_scale[0][:, None], k) +
+      tf.einsum('nlhd,lmd->nhlm', q * logit_scale[1][:, None], rpe_q) +
+      tf.einsum('nmhd,lmd->nhlm', k * logit_scale[2][:, None], rpe_k) +
+      logit_shift[:, None, None])  # [N, h, L, M]
+  weights = tf.nn.softmax(logits, axis=-1)
+  retrieved = (
+      tf.einsum('nhlm,nmhd->nlhd', weights, v) * output_scale[0] +
+      tf.einsum('nhlm,lmd->nlhd', weights, rpe_v) * output_scale[1] +
+      output_shift)  # [N, L, h, dv]
+  return tf.reshape(retrieved, [n, length, heads * dv])
+
+
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class RelativePositionalEncoding(keras.layers.Layer):
   """A table of embeddings indexed by (key position - query position)."""
@@ -72,6 +108,11 @@ class AxialAttention1D(keras.layers.Layer):
     channels = input_shape[-1]
     for rpe in (self.query_rpe, self.key_rpe, self.value_rpe):
       rpe.build()
+    # The inference path reads these norms' variables without calling them.
+    self.batch_norm_qkv.build((None, None, 2 * self.key_depth +
+                               self.value_depth))
+    self.batch_norm_similarity.build()
+    self.batch_norm_retrieved_output.build()
     self.qkv_kernel = self.add_weight(
         name='qkv_kernel', shape=(channels, 2 * self.key_depth +
                                   self.value_depth),
@@ -89,17 +130,30 @@ class AxialAttention1D(keras.layers.Layer):
           'longest global axial attention supported; use a smaller input')
     n = tf.shape(x)[0]
     heads = self.num_heads
-    qkv = tf.einsum('nlc,cd->nld', x, self.qkv_kernel)
-    qkv = self.batch_norm_qkv(qkv, training=training)  # [N, L, 2Kd + Vd]
+    qkv = tf.einsum('nlc,cd->nld', x, self.qkv_kernel)  # [N, L, 2Kd + Vd]
+    rpe_q = self.query_rpe.lookup(length)  # [L, M, dk]
+    rpe_k = self.key_rpe.lookup(length)  # [L, M, dk]
+    rpe_v = self.value_rpe.lookup(length)  # [L, M, dv]
+    if not training:
+      heads, head_value = self.num_heads, self.value_depth // self.num_heads
+      logit_scale, logit_shift = _affine(self.batch_norm_similarity)
+      output_scale, output_shift = _affine(self.batch_norm_retrieved_output)
+      return _attention_inference(
+          qkv, *_affine(self.batch_norm_qkv),
+          tf.reshape(logit_scale, [3, heads]),
+          tf.reduce_sum(tf.reshape(logit_shift, [3, heads]), 0),
+          tf.reshape(output_scale, [2, heads, head_value]),
+          tf.reduce_sum(tf.reshape(output_shift, [2, heads, head_value]), 0),
+          rpe_q, rpe_k, rpe_v)
+
+    n = tf.shape(x)[0]
+    heads = self.num_heads
+    qkv = self.batch_norm_qkv(qkv, training=training)
     q, k, v = tf.split(qkv, [self.key_depth, self.key_depth,
                              self.value_depth], axis=-1)
     q = tf.reshape(q, [n, length, heads, -1])  # [N, L, h, dk]
     k = tf.reshape(k, [n, length, heads, -1])  # [N, M, h, dk]
     v = tf.reshape(v, [n, length, heads, -1])  # [N, M, h, dv]
-    rpe_q = self.query_rpe.lookup(length)  # [L, M, dk]
-    rpe_k = self.key_rpe.lookup(length)  # [L, M, dk]
-    rpe_v = self.value_rpe.lookup(length)  # [L, M, dv]
-
     logits = tf.stack([
         tf.einsum('nlhd,nmhd->nhlm', q, k),
         tf.einsum('nlhd,lmd->nhlm', q, rpe_q),

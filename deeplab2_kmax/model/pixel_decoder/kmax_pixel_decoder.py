@@ -10,6 +10,7 @@ kMaX transformer decoder, the finest one the prediction head.
 import dataclasses
 
 import keras
+import tensorflow as tf
 
 from deeplab2_kmax.model.layers import residual_blocks
 from deeplab2_kmax.model.layers import resized_fuse
@@ -27,6 +28,13 @@ class DecoderStageSpec:
   block_type: str  # AXIAL or BOTTLENECK
   num_blocks: int
   filters: int  # the stage outputs 4 * filters channels
+
+
+@tf.function(jit_compile=True)
+def _layer_norm(x, gamma, beta, epsilon):
+  """LayerNorm over channels as one XLA kernel (Keras' is several passes)."""
+  mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
+  return (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta
 
 
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
@@ -49,6 +57,8 @@ class KMaXPixelDecoder(keras.layers.Layer):
         keras.layers.LayerNormalization(epsilon=1e-6,
                                         name=f'backbone_norm{i}')
         for i in range(len(self.stages))]
+    for norm, spec in zip(self.backbone_norms, self.stages):
+      norm.build((None, None, None, self.backbone_channels[spec.stride]))
     self.stage_blocks = []
     self.skip_connections = []
     in_channels = self.backbone_channels[self.stages[0].stride]
@@ -76,6 +86,12 @@ class KMaXPixelDecoder(keras.layers.Layer):
           activation='gelu', name=name)
     raise ValueError(f'unknown pixel-decoder block type {spec.block_type!r}')
 
+  def _normalize(self, index, backbone_features):
+    norm = self.backbone_norms[index]
+    x = backbone_features[self.stages[index].stride]
+    return _layer_norm(x, tf.convert_to_tensor(norm.gamma),
+                       tf.convert_to_tensor(norm.beta), norm.epsilon)
+
   @property
   def output_channels(self):
     """{stride: channels} of the returned features."""
@@ -83,10 +99,10 @@ class KMaXPixelDecoder(keras.layers.Layer):
 
   def call(self, backbone_features, training=False):
     outputs = {}
-    x = self.backbone_norms[0](backbone_features[self.stages[0].stride])
+    x = self._normalize(0, backbone_features)
     for i, spec in enumerate(self.stages):
       if i > 0:
-        skip = self.backbone_norms[i](backbone_features[spec.stride])
+        skip = self._normalize(i, backbone_features)
         x = self.skip_connections[i - 1]([x, skip], training=training)
       for block in self.stage_blocks[i]:
         x = block(x, training=training)

@@ -39,5 +39,16 @@ def assignment(logits, activation):
 
 def aggregate(logits, values, activation):
   """U = A^T V: [B, P, N] logits, [B, P, D] values -> [B, N, D]."""
+  values = tf.cast(values, tf.float32)
+  if (CrossAttentionActivation(activation) is
+      CrossAttentionActivation.CLUSTER_ARGMAX):
+    # Same as the one-hot matmul, in P * D additions instead of P * N * D
+    # multiply-adds: sum each pixel's value into its cluster.
+    batch, num_centers = tf.shape(logits)[0], logits.shape[2]
+    cluster = tf.stop_gradient(tf.argmax(logits, axis=2, output_type=tf.int32))
+    cluster += tf.range(batch)[:, None] * num_centers  # [B, P] unique ids
+    sums = tf.math.unsorted_segment_sum(values, cluster,
+                                        batch * num_centers)  # [B*N, D]
+    return tf.reshape(sums, [batch, num_centers, values.shape[-1]])
   weights = assignment(logits, activation)
-  return tf.einsum('bpn,bpd->bnd', weights, tf.cast(values, tf.float32))
+  return tf.einsum('bpn,bpd->bnd', weights, values)

@@ -76,7 +76,7 @@ def test_conv_bn_stride_2_pads_symmetrically(size, kernel_size):
   x = _random([2, size, size, 3], seed=size)
   layer(x)
   _set_batch_norm(layer.bn, rng)
-  kernel = np.asarray(layer.conv.kernel)
+  kernel = np.asarray(layer.kernel)
   begin = (kernel_size - 1) // 2
   padding = (begin, kernel_size - 1 - begin)
   expected = np.maximum(
@@ -99,7 +99,7 @@ def test_conv_bn_stride_1_keeps_size_and_applies_gelu():
   layer(x)
   _set_batch_norm(layer.bn, rng)
   expected = _gelu(_apply_batch_norm(
-      _conv2d(x, np.asarray(layer.conv.kernel), padding=(1, 1)), layer.bn))
+      _conv2d(x, np.asarray(layer.kernel), padding=(1, 1)), layer.bn))
   np.testing.assert_allclose(layer(x).numpy(), expected, atol=1e-4)
 
 
@@ -111,7 +111,7 @@ def test_conv_bn_dilation():
   assert y.shape == (1, 9, 9, 3)
   _set_batch_norm(layer.bn, rng)
   expected = _apply_batch_norm(
-      _conv2d(x, np.asarray(layer.conv.kernel), dilation=2, padding=(2, 2)),
+      _conv2d(x, np.asarray(layer.kernel), dilation=2, padding=(2, 2)),
       layer.bn)
   np.testing.assert_allclose(layer(x).numpy(), expected, atol=1e-4)
 
@@ -124,7 +124,8 @@ def test_conv_bn_rejects_strided_dilated_conv():
 def test_conv_bn_has_no_bias():
   layer = conv_bn.ConvBN(3, 1)
   layer(tf.zeros([1, 3, 3, 2]))
-  assert layer.conv.bias is None
+  assert sorted(v.name for v in layer.trainable_weights) == [
+      'beta', 'gamma', 'kernel']
 
 
 def test_conv_bn_depthwise_keeps_channels():
@@ -153,8 +154,8 @@ def test_separable_conv_bn_shapes():
   layer = conv_bn.SeparableConvBN(8, kernel_size=5)
   y = layer(tf.random.normal([2, 7, 6, 3]))
   assert y.shape == (2, 7, 6, 8)
-  assert layer.depthwise.conv.kernel.shape == (5, 5, 3, 1)
-  assert layer.pointwise.conv.kernel.shape == (1, 1, 3, 8)
+  assert layer.depthwise.kernel.shape == (5, 5, 3, 1)
+  assert layer.pointwise.kernel.shape == (1, 1, 3, 8)
 
 
 # GroupedBatchNorm.
