@@ -28,6 +28,14 @@ def void_logit_offset(num_logits):
   return math.log((num_logits - 1) * p / (1.0 - p))
 
 
+@tf.function(jit_compile=True)
+def _normalize_embedding(x, scale, shift):
+  """L2-normalise x * scale + shift over channels (tf.math.l2_normalize)."""
+  x = x * scale + shift
+  return x * tf.math.rsqrt(
+      tf.maximum(tf.reduce_sum(tf.square(x), -1, keepdims=True), 1e-12))
+
+
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class MaskPredictionHead(keras.layers.Layer):
   """(pixels [B,h,w,C], class emb [B,N,D], mask emb [B,N,D]) -> predictions."""
@@ -57,18 +65,31 @@ class MaskPredictionHead(keras.layers.Layer):
         void_logit_offset(num_class_logits)]
     self._void_offset = tf.constant(offset, tf.float32)
 
+  def build(self, pixels_shape, class_embedding_shape=None,
+            mask_embedding_shape=None):
+    # The inference path reads these norms' variables without calling them.
+    self.pixel_feature_bn.build((None, None, None, self.embedding_dim))
+    self.mask_bn.build((None, None, None, None, 1))
+
   def call(self, pixels, class_embedding, mask_embedding, training=False):
     g = self.pixel_conv(pixels, training=training)  # [B, h, w, head_width]
     g = self.pixel_final_conv(g)  # [B, h, w, E]
-    g = self.pixel_feature_bn(g, training=training)
-    g = tf.math.l2_normalize(g, axis=-1)
     f = self.mask_head(mask_embedding, training=training)  # [B, N, E]
-    mask_logits = tf.einsum('bhwe,bne->bhwn', g, f)  # [B, h, w, N]
-    mask_logits = self.mask_bn(mask_logits[..., None], training=training)
+    if training:
+      g = self.pixel_feature_bn(g, training=True)
+      g = tf.math.l2_normalize(g, axis=-1)
+      mask_logits = tf.einsum('bhwe,bne->bhwn', g, f)  # [B, h, w, N]
+      mask_logits = self.mask_bn(mask_logits[..., None], training=True)[..., 0]
+    else:
+      # The same maps with the norms folded: one XLA kernel for BN + L2
+      # normalisation, and the scalar mask-logit BN moved onto f.
+      g = _normalize_embedding(g, *conv_bn.inference_affine(self.pixel_feature_bn))
+      scale, shift = conv_bn.inference_affine(self.mask_bn)
+      mask_logits = tf.einsum('bhwe,bne->bhwn', g, f * scale) + shift
     class_logits = self.class_head(class_embedding) + self._void_offset
     return {
         outputs.CLASS_LOGITS: class_logits,  # [B, N, K + 1]
-        outputs.MASK_LOGITS: mask_logits[..., 0],  # [B, h, w, N]
+        outputs.MASK_LOGITS: mask_logits,  # [B, h, w, N]
         outputs.PIXEL_FEATURE: g,  # [B, h, w, E]
     }
 

@@ -23,12 +23,6 @@ MAX_SPAN = 255
 MAX_AXIS_LENGTH = 129
 
 
-def _affine(bn):
-  """(scale, shift) of a batch norm at inference: bn(x) = x * scale + shift."""
-  scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
-  return scale, bn.beta - bn.moving_mean * scale
-
-
 @tf.function(jit_compile=True)
 def _attention_inference(qkv, qkv_scale, qkv_shift, logit_scale, logit_shift,
                          output_scale, output_shift, rpe_q, rpe_k, rpe_v):
@@ -136,10 +130,10 @@ class AxialAttention1D(keras.layers.Layer):
     rpe_v = self.value_rpe.lookup(length)  # [L, M, dv]
     if not training:
       heads, head_value = self.num_heads, self.value_depth // self.num_heads
-      logit_scale, logit_shift = _affine(self.batch_norm_similarity)
-      output_scale, output_shift = _affine(self.batch_norm_retrieved_output)
+      logit_scale, logit_shift = conv_bn.inference_affine(self.batch_norm_similarity)
+      output_scale, output_shift = conv_bn.inference_affine(self.batch_norm_retrieved_output)
       return _attention_inference(
-          qkv, *_affine(self.batch_norm_qkv),
+          qkv, *conv_bn.inference_affine(self.batch_norm_qkv),
           tf.reshape(logit_scale, [3, heads]),
           tf.reduce_sum(tf.reshape(logit_shift, [3, heads]), 0),
           tf.reshape(output_scale, [2, heads, head_value]),

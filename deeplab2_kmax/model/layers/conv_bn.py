@@ -12,7 +12,8 @@ checkpoints load unchanged:
 
 Speed: at inference the batch norm's affine map and the activation run as
 one XLA-compiled elementwise kernel (TensorFlow's own exact GELU makes
-several passes over memory and is ~4x slower on CPU), and convolutions call
+several passes over memory and is ~4x slower on CPU), or, for ReLU after a
+convolution, an inference FusedBatchNorm that grappler fuses into it, and convolutions call
 tf.nn.conv2d directly (Keras routes dilated convolutions through
 space-to-batch, up to 3x slower on the ASPP's rates; training keeps that
 route, the only one with a CPU gradient).
@@ -42,11 +43,6 @@ def _xla_gelu(x):
 
 
 @tf.function(jit_compile=True)
-def _xla_relu(x):
-  return tf.nn.relu(x)
-
-
-@tf.function(jit_compile=True)
 def _xla_affine(x, scale, shift):
   return x * scale + shift
 
@@ -66,8 +62,9 @@ def gelu(x):
   return _xla_gelu(x)
 
 
+# Plain ReLU: grappler fuses it into the preceding add / convolution.
 _ACTIVATIONS = {None: lambda x: x, 'none': lambda x: x, 'gelu': gelu,
-                'relu': _xla_relu}
+                'relu': tf.nn.relu}
 _AFFINE_ACTIVATIONS = {None: _xla_affine, 'none': _xla_affine,
                        'gelu': _xla_affine_gelu, 'relu': _xla_affine_relu}
 
@@ -81,14 +78,75 @@ def get_activation(name):
                      'none') from None
 
 
+def inference_affine(bn):
+  """(scale, shift) with bn(x) = x * scale + shift at inference.
+
+  `bn` is a Keras BatchNormalization or a GroupedBatchNorm (any parameter
+  shape); its moving statistics are used.
+  """
+  scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
+  return scale, bn.beta - bn.moving_mean * scale
+
+
 def batch_norm_activation(bn, x, activation, training):
-  """act(bn(x)); at inference one fused kernel with the moving statistics."""
+  """act(bn(x)); at inference fused with the moving statistics.
+
+  After a convolution, ReLU and identity use TensorFlow's inference
+  FusedBatchNorm, which grappler folds into the convolution (one oneDNN
+  kernel with BN and ReLU as post-ops); GELU, and everything that is not a
+  4-D feature map, use one XLA kernel for the affine map and activation.
+  """
   if training:
     return get_activation(activation)(bn(x, training=True))
   get_activation(activation)  # validates the name
-  scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
-  shift = bn.beta - bn.moving_mean * scale
-  return _AFFINE_ACTIVATIONS[activation](x, scale, shift)
+  if len(x.shape) == 4 and activation in (None, 'none', 'relu'):
+    y, _, _ = tf.compat.v1.nn.fused_batch_norm(
+        x, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance,
+        epsilon=bn.epsilon, is_training=False)
+    return tf.nn.relu(y) if activation == 'relu' else y
+  return _AFFINE_ACTIVATIONS[activation](x, *inference_affine(bn))
+
+
+# A dilated convolution whose taps mostly read padding (ASPP rates on small
+# maps) runs tap by tap over the valid regions only below this fraction of
+# useful multiply-adds.
+_TAPWISE_MAX_FRACTION = 0.75
+
+
+def _tap_offsets(kernel_size, rate, length):
+  """[(tap index, offset)] of the taps that read inside an axis of `length`."""
+  center = kernel_size // 2
+  return [(i, (i - center) * rate) for i in range(kernel_size)
+          if abs((i - center) * rate) < length]
+
+
+def _useful_fraction(kernel_size, rate, height, width):
+  """Share of a 'SAME' dilated conv's multiply-adds that do not hit padding."""
+  rows = sum(height - abs(o) for _, o in _tap_offsets(kernel_size, rate,
+                                                        height))
+  cols = sum(width - abs(o) for _, o in _tap_offsets(kernel_size, rate,
+                                                       width))
+  return rows * cols / (kernel_size**2 * height * width)
+
+
+def _tapwise_dilated_conv(x, kernel, rate):
+  """A 'SAME' dilated conv as a sum of 1x1 convs over each tap's valid region.
+
+  Equal to tf.nn.conv2d(x, kernel, 1, 'SAME', dilations=rate) up to float
+  summation order, skipping the products with zero padding.
+  """
+  height, width = x.shape[1], x.shape[2]
+  out = None
+  for i, dy in _tap_offsets(kernel.shape[0], rate, height):
+    y0, y1 = max(0, -dy), height - max(0, dy)  # output rows this tap reaches
+    for j, dx in _tap_offsets(kernel.shape[1], rate, width):
+      x0, x1 = max(0, -dx), width - max(0, dx)
+      patch = x[:, y0 + dy:y1 + dy, x0 + dx:x1 + dx, :]
+      term = tf.nn.conv2d(patch, kernel[i:i + 1, j:j + 1], 1, 'VALID')
+      term = tf.pad(term, [[0, 0], [y0, height - y1], [x0, width - x1],
+                           [0, 0]])  # [B, H, W, Cout]
+      out = term if out is None else out + term
+  return out
 
 
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
@@ -148,6 +206,10 @@ class ConvBN(keras.layers.Layer):
       # space-to-batch formulation has one (and computes the same values).
       x = tf.nn.convolution(x, self.kernel, padding=padding,
                             dilations=self.dilation_rate)
+    elif (self.dilation_rate != 1 and None not in x.shape[1:3] and
+          _useful_fraction(self.kernel_size, self.dilation_rate, x.shape[1],
+                           x.shape[2]) < _TAPWISE_MAX_FRACTION):
+      x = _tapwise_dilated_conv(x, self.kernel, self.dilation_rate)
     else:
       x = tf.nn.conv2d(x, self.kernel, self.strides, padding,
                        dilations=self.dilation_rate)

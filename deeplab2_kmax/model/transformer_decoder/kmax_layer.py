@@ -1,8 +1,9 @@
 """One k-means cross-attention layer of kMaX-DeepLab (Yu et al., ECCV 2022).
 
 The object queries are cluster centers C [B, N, D]. A layer
-  1. projects the (activated) pixel feature to Pb [B, P, D] and the centers to
-     Cb [B, N, D];
+  1. projects the pixel feature (already activated by the caller, which
+     shares it between the layers at one stride) to Pb [B, P, D] and the
+     centers to Cb [B, N, D];
   2. predicts masks and classes from (Pb, Cb) with its own prediction head:
      the mask logits L [B, P, N] are the pixel-to-center affinities and this
      prediction is deeply supervised;
@@ -27,7 +28,7 @@ from deeplab2_kmax.model.transformer_decoder import cross_attention
 
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class KMaXLayer(keras.layers.Layer):
-  """(pixels [B,h,w,Cp], centers [B,N,D]) -> (centers, aux prediction)."""
+  """(act(pixels) [B,h,w,Cp], centers [B,N,D]) -> (centers, prediction)."""
 
   def __init__(self, num_class_logits, center_width=256, num_heads=8,
                ffn_width=2048, embedding_dim=128, head_width=256,
@@ -84,7 +85,7 @@ class KMaXLayer(keras.layers.Layer):
   def call(self, pixels, centers, training=False):
     b, h, w = tf.shape(pixels)[0], pixels.shape[1], pixels.shape[2]
     n, heads, width = centers.shape[1], self.num_heads, self.center_width
-    pixels = tf.reshape(conv_bn.gelu(pixels), [b, h * w, pixels.shape[-1]])
+    pixels = tf.reshape(pixels, [b, h * w, pixels.shape[-1]])  # activated
     pixel_b = self.pixel_conv1(pixels, training=training)  # [B, P, D]
     center_b = self.memory_conv1(centers, training=training)  # [B, N, D]
 

@@ -64,9 +64,12 @@ class KMaXTransformerDecoder(keras.layers.Layer):
   def call(self, pixel_features, training=False):
     batch = tf.shape(next(iter(pixel_features.values())))[0]
     centers = tf.tile(self.cluster_centers, [batch, 1, 1])  # [B, N, D]
+    # Decoder features are not activated; each stride's is activated once.
+    activated = {s: conv_bn.gelu(pixel_features[s])
+                 for s in set(self.layer_strides)}
     auxiliary = []
     for stride, layer in zip(self.layer_strides, self.kmax_layers):
-      centers, prediction = layer(pixel_features[stride], centers,
+      centers, prediction = layer(activated[stride], centers,
                                   training=training)
       auxiliary.append(prediction)
     class_embedding = self.class_embedding(centers, training=training)
