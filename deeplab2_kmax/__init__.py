@@ -5,6 +5,7 @@ Public API:
   model = deeplab2_kmax.build_model(config)
   outputs = model(images, training=False)
   deeplab2_kmax.load_deeplab2_checkpoint(model, prefix)
+  deeplab2_kmax.load_initial_checkpoint(model, config)
 """
 from deeplab2_kmax.config import ConfigError
 from deeplab2_kmax.config import load_config
@@ -22,5 +23,11 @@ def load_deeplab2_checkpoint(model, prefix):
   return deeplab2_import.load_deeplab2_checkpoint(model, prefix)
 
 
+def load_initial_checkpoint(model, config):
+  """Loads `model_options.initial_checkpoint` (DeepLab2's layout or ours)."""
+  from deeplab2_kmax.checkpoints import initial_checkpoint  # pylint: disable=import-outside-toplevel
+  return initial_checkpoint.load_initial_checkpoint(model, config)
+
+
 __all__ = ['ConfigError', 'build_model', 'load_config',
-           'load_deeplab2_checkpoint']
+           'load_deeplab2_checkpoint', 'load_initial_checkpoint']

@@ -244,7 +244,13 @@ def dataset_info_for(config):
   """DatasetInfo of the config's training (else evaluation) data set."""
   for name in ('train_dataset_options', 'eval_dataset_options'):
     if config.HasField(name):
-      return dataset_info.get_dataset_info(getattr(config, name).dataset)
+      dataset = getattr(config, name).dataset
+      if dataset == 'custom':
+        raise ConfigError(
+            f'{name}.dataset: class facts of "custom" data sets come from '
+            'categories_json, which this version cannot read yet; use one '
+            f'of {sorted(dataset_info.DATASETS)}')
+      return dataset_info.get_dataset_info(dataset)
   raise ConfigError('the config names no data set (train_dataset_options or '
                     'eval_dataset_options), so the number of classes is '
                     'unknown')

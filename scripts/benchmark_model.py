@@ -5,13 +5,18 @@ For each (input size, XLA on/off) case it prints one JSON line with:
   latency_s       median (and min/max) of --runs timed calls, batch 1,
                   inference mode, inside tf.function, after --warmup calls
   gflops          floating-point operations of one forward pass, counted by
-                  TensorFlow's profiler on the traced graph
+                  TensorFlow's profiler on the frozen graph of the plain
+                  (training-mode) forward pass: the inference fast paths run
+                  parts inside XLA kernels the profiler cannot see into, and
+                  compute the same function
+  flops_uncounted_ops  ops the profiler could not count (unknown shapes)
   gflops_per_s    achieved rate = gflops / median latency
   matmul_gflops_per_s  the machine's float32 matmul rate measured in the same
                   process (a 2048^3 matmul), for scale
   peak_rss_mib    peak resident memory of the process running that case
 
-Each case runs in its own subprocess so peak memory is per case. Example:
+Each case runs in its own subprocess so peak memory is per case; FLOPs are
+counted in another subprocess (freezing the graph costs memory). Example:
   python scripts/benchmark_model.py \
       --config_file=configs/coco/kmax_deeplab/kmax_r50_os32.textproto \
       --sizes=641,1281 --xla=off,on
@@ -63,13 +68,37 @@ def _matmul_rate(tf, n=2048, runs=10):
 
 
 def _count_flops(tf, concrete):
-  """FLOPs of a concrete function, by the TF profiler on its frozen graph."""
-  from tensorflow.python.framework import convert_to_constants  # pylint: disable=import-outside-toplevel
-  frozen = convert_to_constants.convert_variables_to_constants_v2(concrete)
+  """(FLOPs, uncounted ops) of a concrete function, by the TF profiler."""
   options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
   options['output'] = 'none'
-  stats = tf.compat.v1.profiler.profile(graph=frozen.graph, options=options)
-  return stats.total_float_ops
+  stats = tf.compat.v1.profiler.profile(graph=concrete.graph,
+                                        options=options)
+  uncounted = 0
+  for op in concrete.graph.get_operations():
+    if any(not t.shape.is_fully_defined() for t in op.outputs):
+      uncounted += 1
+  return stats.total_float_ops, uncounted
+
+
+def count_flops(args, size):
+  """Profiler FLOPs of one forward pass at `size` (its own process)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import deeplab2_kmax  # pylint: disable=import-outside-toplevel
+  from deeplab2_kmax.model import outputs  # pylint: disable=import-outside-toplevel
+
+  model = deeplab2_kmax.build_model(deeplab2_kmax.load_config(
+      args.config_file))
+  model(tf.zeros([1, 65, 65, 3]), training=False)
+
+  def forward(x):
+    result = model(x, training=True)
+    return {k: v for k, v in result.items()
+            if k != outputs.AUXILIARY_PREDICTIONS}
+
+  concrete = tf.function(forward).get_concrete_function(
+      tf.TensorSpec([1, size, size, 3], tf.float32))
+  flops, uncounted = _count_flops(tf, concrete)
+  return {'gflops': round(flops / 1e9, 2), 'flops_uncounted_ops': uncounted}
 
 
 def run_case(args, size, xla):
@@ -91,14 +120,11 @@ def run_case(args, size, xla):
             if k != outputs.AUXILIARY_PREDICTIONS}
 
   function = tf.function(forward, jit_compile=xla)
-  model(tf.zeros([1, 65, 65, 3]), training=False)  # build the variables
+  # Tracing builds the variables without running anything at another size.
+  function.get_concrete_function(tf.TensorSpec([1, size, size, 3],
+                                               tf.float32))
   trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
   frozen = int(sum(np.prod(v.shape) for v in model.non_trainable_weights))
-  flops = None
-  if not args.no_flops:
-    concrete = tf.function(forward).get_concrete_function(
-        tf.TensorSpec([1, size, size, 3], tf.float32))
-    flops = _count_flops(tf, concrete)
   for _ in range(args.warmup):
     tf.nest.map_structure(lambda t: t.numpy(), function(images))
   times = []
@@ -116,9 +142,6 @@ def run_case(args, size, xla):
       'params': {'trainable': trainable, 'non_trainable': frozen},
       'latency_s': {'median': round(median, 4), 'min': round(min(times), 4),
                     'max': round(max(times), 4), 'runs': args.runs},
-      'gflops': None if flops is None else round(flops / 1e9, 2),
-      'gflops_per_s': None if flops is None else round(
-          flops / median / 1e9, 2),
       'matmul_gflops_per_s': round(matmul, 2),
       'peak_rss_mib': round(_peak_rss_mib(), 1),
       'threads': args.threads or 'default',
@@ -132,31 +155,45 @@ def run_case(args, size, xla):
 def main(argv=None):
   args = _parse_args(argv)
   if args.case:
-    size, xla = args.case.split(':')
-    print(json.dumps(run_case(args, int(size), xla == 'on')), flush=True)
+    kind, size = args.case.split(':', 1)
+    if kind == 'flops':
+      record = count_flops(args, int(size))
+    else:
+      record = run_case(args, int(size), kind == 'xla')
+    print(json.dumps(record), flush=True)
     return 0
+  modes = args.xla.split(',')
+  if any(m not in ('on', 'off') for m in modes):
+    raise SystemExit(f'--xla: expected on and/or off, got {args.xla!r}')
   status = 0
   for size in [int(s) for s in args.sizes.split(',')]:
-    for xla in args.xla.split(','):
-      if xla not in ('on', 'off'):
-        raise SystemExit(f'--xla: expected on or off, got {xla!r}')
-      command = [sys.executable, os.path.abspath(__file__),
-                 f'--config_file={args.config_file}', f'--runs={args.runs}',
-                 f'--warmup={args.warmup}', f'--threads={args.threads}',
-                 f'--case={size}:{xla}'] + (
-                     ['--no_flops'] if args.no_flops else [])
-      result = subprocess.run(command, stdout=subprocess.PIPE, text=True,
-                              check=False)
-      lines = [l for l in result.stdout.splitlines() if l.startswith('{')]
-      if result.returncode != 0 or not lines:
-        print(json.dumps({'config': args.config_file, 'input_size': size,
-                          'xla': xla == 'on',
-                          'error': f'exit status {result.returncode}'}),
-              flush=True)
+    flops = None if args.no_flops else _subprocess(args, f'flops:{size}')
+    for xla in modes:
+      record = _subprocess(args, f'{"xla" if xla == "on" else "plain"}:{size}')
+      if record is None or (not args.no_flops and flops is None):
+        record = {'config': args.config_file, 'input_size': size,
+                  'xla': xla == 'on', 'error': 'the case failed (see stderr)'}
         status = 1
-      else:
-        print(lines[-1], flush=True)
+      elif flops is not None:
+        record.update(flops)
+        record['gflops_per_s'] = round(
+            flops['gflops'] / record['latency_s']['median'], 2)
+      print(json.dumps(record), flush=True)
   return status
+
+
+def _subprocess(args, case):
+  """Runs one case in a fresh interpreter; returns its JSON record or None."""
+  command = [sys.executable, os.path.abspath(__file__),
+             f'--config_file={args.config_file}', f'--runs={args.runs}',
+             f'--warmup={args.warmup}', f'--threads={args.threads}',
+             f'--case={case}']
+  result = subprocess.run(command, stdout=subprocess.PIPE, text=True,
+                          check=False)
+  lines = [l for l in result.stdout.splitlines() if l.startswith('{')]
+  if result.returncode != 0 or not lines:
+    return None
+  return json.loads(lines[-1])
 
 
 if __name__ == '__main__':

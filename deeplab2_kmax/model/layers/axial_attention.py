@@ -25,32 +25,37 @@ MAX_AXIS_LENGTH = 129
 
 @tf.function(jit_compile=True)
 def _attention_inference(qkv, qkv_scale, qkv_shift, logit_scale, logit_shift,
-                         output_scale, output_shift, rpe_q, rpe_k, rpe_v):
-  """The inference-time attention with every batch norm folded in.
+                         output_scale, output_shift, rpe_q, rpe_k, rpe_v,
+                         axis):
+  """The inference-time attention along `axis` (1 or 2) of [B, H, W, C] qkv.
 
-  Equal to the training-time graph with moving statistics, but without
-  materialising the stacked [3, N, h, L, M] logits, in one XLA kernel.
-  logit_scale [3, h] and output_scale [2, h, dv] are the per-(term, head)
-  and per-(term, head, channel) scales; the shifts are summed over terms.
+  Equal to the training-time graph with moving statistics, but with every
+  batch norm folded in, without materialising the stacked [3, N, h, L, M]
+  logits or transposing the feature map, in one XLA kernel. logit_scale
+  [3, h] and output_scale [2, h, dv] are the per-(term, head) and
+  per-(term, head, channel) scales; the shifts are summed over terms.
   """
   heads, dk, dv = logit_shift.shape[0], rpe_q.shape[-1], rpe_v.shape[-1]
-  n, length = tf.shape(qkv)[0], qkv.shape[1]
+  # l / m: query / key position on the attended axis, w: the other axis.
+  query = 'blw' if axis == 1 else 'bwl'
+  key = query.replace('l', 'm')
+  batch, height, width = tf.shape(qkv)[0], qkv.shape[1], qkv.shape[2]
   qkv = qkv * qkv_scale + qkv_shift
   q, k, v = tf.split(qkv, [heads * dk, heads * dk, heads * dv], axis=-1)
-  q = tf.reshape(q, [n, length, heads, dk])  # [N, L, h, dk]
-  k = tf.reshape(k, [n, length, heads, dk])  # [N, M, h, dk]
-  v = tf.reshape(v, [n, length, heads, dv])  # [N, M, h, dv]
+  q = tf.reshape(q, [batch, height, width, heads, dk])
+  k = tf.reshape(k, [batch, height, width, heads, dk])
+  v = tf.reshape(v, [batch, height, width, heads, dv])
   logits = (
-      tf.einsum('nlhd,nmhd->nhlm', q * logit_scale[0][:, None], k) +
-      tf.einsum('nlhd,lmd->nhlm', q * logit_scale[1][:, None], rpe_q) +
-      tf.einsum('nmhd,lmd->nhlm', k * logit_scale[2][:, None], rpe_k) +
-      logit_shift[:, None, None])  # [N, h, L, M]
+      tf.einsum(f'{query}hd,{key}hd->bwhlm', q * logit_scale[0][:, None], k) +
+      tf.einsum(f'{query}hd,lmd->bwhlm', q * logit_scale[1][:, None], rpe_q) +
+      tf.einsum(f'{key}hd,lmd->bwhlm', k * logit_scale[2][:, None], rpe_k) +
+      logit_shift[:, None, None])  # [B, W, h, L, M]
   weights = tf.nn.softmax(logits, axis=-1)
   retrieved = (
-      tf.einsum('nhlm,nmhd->nlhd', weights, v) * output_scale[0] +
-      tf.einsum('nhlm,lmd->nlhd', weights, rpe_v) * output_scale[1] +
-      output_shift)  # [N, L, h, dv]
-  return tf.reshape(retrieved, [n, length, heads * dv])
+      tf.einsum(f'bwhlm,{key}hd->{query}hd', weights, v) * output_scale[0] +
+      tf.einsum(f'bwhlm,lmd->{query}hd', weights, rpe_v) * output_scale[1] +
+      output_shift)  # [B, H, W, h, dv]
+  return tf.reshape(retrieved, [batch, height, width, heads * dv])
 
 
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
@@ -112,8 +117,25 @@ class AxialAttention1D(keras.layers.Layer):
                                   self.value_depth),
         initializer=keras.initializers.TruncatedNormal(stddev=channels**-0.5))
 
-  def call(self, x, training=False):
-    length = x.shape[1]
+  def attend_inference(self, x, axis):
+    """Inference attention along `axis` (1 or 2) of [B, H, W, C] -> 2f."""
+    length = self._check_length(x.shape[axis])
+    heads, head_value = self.num_heads, self.value_depth // self.num_heads
+    qkv = tf.einsum('bhwc,cd->bhwd', x, self.qkv_kernel)  # [B, H, W, 2Kd+Vd]
+    logit_scale, logit_shift = conv_bn.inference_affine(
+        self.batch_norm_similarity)
+    output_scale, output_shift = conv_bn.inference_affine(
+        self.batch_norm_retrieved_output)
+    return _attention_inference(
+        qkv, *conv_bn.inference_affine(self.batch_norm_qkv),
+        tf.reshape(logit_scale, [3, heads]),
+        tf.reduce_sum(tf.reshape(logit_shift, [3, heads]), 0),
+        tf.reshape(output_scale, [2, heads, head_value]),
+        tf.reduce_sum(tf.reshape(output_shift, [2, heads, head_value]), 0),
+        self.query_rpe.lookup(length), self.key_rpe.lookup(length),
+        self.value_rpe.lookup(length), axis)
+
+  def _check_length(self, length):
     if length is None:
       raise ValueError(
           f'{self.name}: the attended axis needs a static length (images of '
@@ -122,26 +144,19 @@ class AxialAttention1D(keras.layers.Layer):
       raise ValueError(
           f'{self.name}: axis length {length} exceeds {MAX_AXIS_LENGTH}, the '
           'longest global axial attention supported; use a smaller input')
+    return length
+
+  def call(self, x, training=False):
+    """Attention along the middle axis of [N, L, C]."""
+    if not training:
+      return self.attend_inference(x[:, :, None], axis=1)[:, :, 0]
+    length = self._check_length(x.shape[1])
     n = tf.shape(x)[0]
     heads = self.num_heads
     qkv = tf.einsum('nlc,cd->nld', x, self.qkv_kernel)  # [N, L, 2Kd + Vd]
     rpe_q = self.query_rpe.lookup(length)  # [L, M, dk]
     rpe_k = self.key_rpe.lookup(length)  # [L, M, dk]
     rpe_v = self.value_rpe.lookup(length)  # [L, M, dv]
-    if not training:
-      heads, head_value = self.num_heads, self.value_depth // self.num_heads
-      logit_scale, logit_shift = conv_bn.inference_affine(self.batch_norm_similarity)
-      output_scale, output_shift = conv_bn.inference_affine(self.batch_norm_retrieved_output)
-      return _attention_inference(
-          qkv, *conv_bn.inference_affine(self.batch_norm_qkv),
-          tf.reshape(logit_scale, [3, heads]),
-          tf.reduce_sum(tf.reshape(logit_shift, [3, heads]), 0),
-          tf.reshape(output_scale, [2, heads, head_value]),
-          tf.reduce_sum(tf.reshape(output_shift, [2, heads, head_value]), 0),
-          rpe_q, rpe_k, rpe_v)
-
-    n = tf.shape(x)[0]
-    heads = self.num_heads
     qkv = self.batch_norm_qkv(qkv, training=training)
     q, k, v = tf.split(qkv, [self.key_depth, self.key_depth,
                              self.value_depth], axis=-1)
@@ -183,7 +198,15 @@ class AxialAttention2D(keras.layers.Layer):
     self.width_axis = AxialAttention1D(filters, 2 * filters, num_heads,
                                        name='width_axis')
 
+  def build(self, input_shape):
+    # The inference path calls attend_inference, not the layers themselves.
+    self.height_axis.build((None, None, input_shape[-1]))
+    self.width_axis.build((None, None, 2 * self.filters))
+
   def call(self, x, training=False):
+    if not training:  # no transposes: the kernels attend along an axis
+      x = self.height_axis.attend_inference(x, axis=1)  # [B, H, W, 2f]
+      return self.width_axis.attend_inference(x, axis=2)
     b, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
     x = tf.transpose(x, [0, 2, 1, 3])  # [B, W, H, C]
     x = tf.reshape(x, [-1, h, x.shape[-1]])  # [B*W, H, C]

@@ -57,16 +57,32 @@ def _xla_affine_relu(x, scale, shift):
   return tf.nn.relu(x * scale + shift)
 
 
+# Tensors smaller than this stay on plain TensorFlow ops: XLA gains nothing
+# there, and every compiled shape costs memory.
+_XLA_MIN_ELEMENTS = 1 << 18
+
+
+def use_xla(x):
+  """Whether an elementwise kernel on `x` is worth an XLA compilation."""
+  size = x.shape.num_elements()
+  return size is not None and size >= _XLA_MIN_ELEMENTS
+
+
 def gelu(x):
   """Exact GELU, 0.5 x (1 + erf(x / sqrt(2)))."""
-  return _xla_gelu(x)
+  return _xla_gelu(x) if use_xla(x) else _gelu_math(x)
 
 
 # Plain ReLU: grappler fuses it into the preceding add / convolution.
 _ACTIVATIONS = {None: lambda x: x, 'none': lambda x: x, 'gelu': gelu,
                 'relu': tf.nn.relu}
-_AFFINE_ACTIVATIONS = {None: _xla_affine, 'none': _xla_affine,
-                       'gelu': _xla_affine_gelu, 'relu': _xla_affine_relu}
+# (XLA kernel, plain TensorFlow) implementations of act(x * scale + shift).
+_AFFINE_ACTIVATIONS = {
+    None: (_xla_affine, lambda x, a, b: x * a + b),
+    'none': (_xla_affine, lambda x, a, b: x * a + b),
+    'gelu': (_xla_affine_gelu, lambda x, a, b: _gelu_math(x * a + b)),
+    'relu': (_xla_affine_relu, lambda x, a, b: tf.nn.relu(x * a + b)),
+}
 
 
 def get_activation(name):
@@ -104,7 +120,8 @@ def batch_norm_activation(bn, x, activation, training):
         x, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance,
         epsilon=bn.epsilon, is_training=False)
     return tf.nn.relu(y) if activation == 'relu' else y
-  return _AFFINE_ACTIVATIONS[activation](x, *inference_affine(bn))
+  xla_kernel, plain = _AFFINE_ACTIVATIONS[activation]
+  return (xla_kernel if use_xla(x) else plain)(x, *inference_affine(bn))
 
 
 # A dilated convolution whose taps mostly read padding (ASPP rates on small

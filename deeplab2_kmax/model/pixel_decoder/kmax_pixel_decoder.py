@@ -12,6 +12,7 @@ import dataclasses
 import keras
 import tensorflow as tf
 
+from deeplab2_kmax.model.layers import conv_bn
 from deeplab2_kmax.model.layers import residual_blocks
 from deeplab2_kmax.model.layers import resized_fuse
 
@@ -30,11 +31,13 @@ class DecoderStageSpec:
   filters: int  # the stage outputs 4 * filters channels
 
 
-@tf.function(jit_compile=True)
-def _layer_norm(x, gamma, beta, epsilon):
-  """LayerNorm over channels as one XLA kernel (Keras' is several passes)."""
+def _layer_norm_math(x, gamma, beta, epsilon):
   mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
   return (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta
+
+
+# LayerNorm over channels as one XLA kernel (Keras' makes several passes).
+_xla_layer_norm = tf.function(_layer_norm_math, jit_compile=True)
 
 
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
@@ -89,8 +92,9 @@ class KMaXPixelDecoder(keras.layers.Layer):
   def _normalize(self, index, backbone_features):
     norm = self.backbone_norms[index]
     x = backbone_features[self.stages[index].stride]
-    return _layer_norm(x, tf.convert_to_tensor(norm.gamma),
-                       tf.convert_to_tensor(norm.beta), norm.epsilon)
+    layer_norm = _xla_layer_norm if conv_bn.use_xla(x) else _layer_norm_math
+    return layer_norm(x, tf.convert_to_tensor(norm.gamma),
+                      tf.convert_to_tensor(norm.beta), norm.epsilon)
 
   @property
   def output_channels(self):

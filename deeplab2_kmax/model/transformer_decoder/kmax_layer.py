@@ -19,6 +19,7 @@ norm with gamma initialised to 0 and are subject to drop path.
 import keras
 import tensorflow as tf
 
+from deeplab2_kmax.model import outputs
 from deeplab2_kmax.model.heads import mask_prediction_head
 from deeplab2_kmax.model.layers import conv_bn
 from deeplab2_kmax.model.layers import drop_path
@@ -91,7 +92,7 @@ class KMaXLayer(keras.layers.Layer):
 
     prediction = self.predictor(tf.reshape(pixel_b, [b, h, w, width]),
                                 center_b, center_b, training=training)
-    logits = tf.reshape(prediction['mask_logits'], [b, h * w, n])  # [B, P, N]
+    logits = tf.reshape(prediction[outputs.MASK_LOGITS], [b, h * w, n])
 
     # Clustering update: each center gathers its pixels' values.
     values = self.pixel_v(pixel_b, training=training)  # [B, P, D]

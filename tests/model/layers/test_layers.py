@@ -403,3 +403,35 @@ def test_resized_fuse_without_projections_is_resize_and_sum():
   assert not fuse.trainable_weights
   np.testing.assert_allclose(y, _resize_reference(coarse, (5, 5)) + fine,
                              atol=1e-5)
+
+
+# Tap-wise dilated convolution (the inference fast path of large rates).
+
+
+@pytest.mark.parametrize('size, rate', [((21, 23), 6), ((21, 21), 12),
+                                        ((21, 21), 18), ((5, 9), 6),
+                                        ((41, 41), 18)])
+def test_tapwise_dilated_conv_equals_dilated_conv(size, rate):
+  x = tf.random.normal([2, *size, 6], seed=rate)
+  kernel = tf.random.normal([3, 3, 6, 5], seed=1)
+  expected = tf.nn.conv2d(x, kernel, 1, 'SAME', dilations=rate)
+  # pylint: disable=protected-access
+  actual = conv_bn._tapwise_dilated_conv(x, kernel, rate)
+  np.testing.assert_allclose(actual, expected, atol=1e-4)
+
+
+def test_useful_fraction_counts_taps_inside_the_map():
+  # pylint: disable=protected-access
+  assert conv_bn._useful_fraction(3, 1, 9, 9) == pytest.approx(
+      (9 + 8 + 8)**2 / (9 * 81))
+  assert conv_bn._useful_fraction(3, 30, 21, 21) == pytest.approx(1 / 9)
+
+
+def test_conv_bn_large_rate_inference_matches_training_graph_values():
+  x = _random([1, 21, 21, 4], seed=21)
+  layer = conv_bn.ConvBN(3, 3, dilation_rate=18, activation='gelu')
+  layer(x)
+  fast = layer(x, training=False).numpy()
+  plain = tf.nn.convolution(x, layer.kernel, padding='SAME', dilations=18)
+  plain = _gelu(layer.bn(plain, training=False).numpy())
+  np.testing.assert_allclose(fast, plain, atol=1e-5)
