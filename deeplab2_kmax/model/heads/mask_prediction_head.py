@@ -28,15 +28,12 @@ def void_logit_offset(num_logits):
   return math.log((num_logits - 1) * p / (1.0 - p))
 
 
-def _normalize_embedding_math(x, scale, shift):
+@conv_bn.elementwise_kernel
+def _normalize_embedding(x, scale, shift):
   """L2-normalise x * scale + shift over channels (tf.math.l2_normalize)."""
   x = x * scale + shift
   return x * tf.math.rsqrt(
       tf.maximum(tf.reduce_sum(tf.square(x), -1, keepdims=True), 1e-12))
-
-
-_xla_normalize_embedding = tf.function(_normalize_embedding_math,
-                                       jit_compile=True)
 
 
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
@@ -86,9 +83,8 @@ class MaskPredictionHead(keras.layers.Layer):
     else:
       # The same maps with the norms folded: one XLA kernel for BN + L2
       # normalisation, and the scalar mask-logit BN moved onto f.
-      normalize = (_xla_normalize_embedding if conv_bn.use_xla(g)
-                   else _normalize_embedding_math)
-      g = normalize(g, *conv_bn.inference_affine(self.pixel_feature_bn))
+      g = _normalize_embedding(
+          g, *conv_bn.inference_affine(self.pixel_feature_bn))
       scale, shift = conv_bn.inference_affine(self.mask_bn)
       mask_logits = tf.einsum('bhwe,bne->bhwn', g, f * scale) + shift
     class_logits = self.class_head(class_embedding) + self._void_offset

@@ -13,8 +13,8 @@ checkpoints load unchanged:
 Speed: at inference the batch norm's affine map and the activation run as
 one XLA-compiled elementwise kernel (TensorFlow's own exact GELU makes
 several passes over memory and is ~4x slower on CPU), or, for ReLU after a
-convolution, an inference FusedBatchNorm that grappler fuses into it, and convolutions call
-tf.nn.conv2d directly (Keras routes dilated convolutions through
+convolution, an inference FusedBatchNorm that grappler fuses into it; and
+convolutions call tf.nn.conv2d directly (Keras routes dilated convolutions through
 space-to-batch, up to 3x slower on the ASPP's rates; training keeps that
 route, the only one with a CPU gradient).
 """
@@ -33,30 +33,6 @@ def batch_norm(name, gamma_initializer='ones', axis=-1):
       gamma_initializer=gamma_initializer, synchronized=True, name=name)
 
 
-def _gelu_math(x):
-  return 0.5 * x * (1.0 + tf.math.erf(x * _SQRT_HALF))
-
-
-@tf.function(jit_compile=True)
-def _xla_gelu(x):
-  return _gelu_math(x)
-
-
-@tf.function(jit_compile=True)
-def _xla_affine(x, scale, shift):
-  return x * scale + shift
-
-
-@tf.function(jit_compile=True)
-def _xla_affine_gelu(x, scale, shift):
-  return _gelu_math(x * scale + shift)
-
-
-@tf.function(jit_compile=True)
-def _xla_affine_relu(x, scale, shift):
-  return tf.nn.relu(x * scale + shift)
-
-
 # Tensors smaller than this stay on plain TensorFlow ops: XLA gains nothing
 # there, and every compiled shape costs memory.
 _XLA_MIN_ELEMENTS = 1 << 18
@@ -68,21 +44,34 @@ def use_xla(x):
   return size is not None and size >= _XLA_MIN_ELEMENTS
 
 
+def elementwise_kernel(fn):
+  """`fn(x, *args)`, run as one XLA kernel when `x` is large (use_xla).
+
+  For chains of elementwise and per-pixel ops that TensorFlow runs as
+  several passes over memory; small tensors keep the plain ops.
+  """
+  compiled = tf.function(fn, jit_compile=True)
+
+  def run(x, *args):
+    return (compiled if use_xla(x) else fn)(x, *args)
+
+  return run
+
+
+@elementwise_kernel
 def gelu(x):
   """Exact GELU, 0.5 x (1 + erf(x / sqrt(2)))."""
-  return _xla_gelu(x) if use_xla(x) else _gelu_math(x)
+  return 0.5 * x * (1.0 + tf.math.erf(x * _SQRT_HALF))
 
 
 # Plain ReLU: grappler fuses it into the preceding add / convolution.
 _ACTIVATIONS = {None: lambda x: x, 'none': lambda x: x, 'gelu': gelu,
                 'relu': tf.nn.relu}
-# (XLA kernel, plain TensorFlow) implementations of act(x * scale + shift).
+# act(x * scale + shift) for each activation.
 _AFFINE_ACTIVATIONS = {
-    None: (_xla_affine, lambda x, a, b: x * a + b),
-    'none': (_xla_affine, lambda x, a, b: x * a + b),
-    'gelu': (_xla_affine_gelu, lambda x, a, b: _gelu_math(x * a + b)),
-    'relu': (_xla_affine_relu, lambda x, a, b: tf.nn.relu(x * a + b)),
-}
+    name: elementwise_kernel(
+        lambda x, scale, shift, act=act: act(x * scale + shift))
+    for name, act in _ACTIVATIONS.items()}
 
 
 def get_activation(name):
@@ -120,8 +109,7 @@ def batch_norm_activation(bn, x, activation, training):
         x, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance,
         epsilon=bn.epsilon, is_training=False)
     return tf.nn.relu(y) if activation == 'relu' else y
-  xla_kernel, plain = _AFFINE_ACTIVATIONS[activation]
-  return (xla_kernel if use_xla(x) else plain)(x, *inference_affine(bn))
+  return _AFFINE_ACTIVATIONS[activation](x, *inference_affine(bn))
 
 
 # A dilated convolution whose taps mostly read padding (ASPP rates on small

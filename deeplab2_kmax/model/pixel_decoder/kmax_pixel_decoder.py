@@ -31,13 +31,11 @@ class DecoderStageSpec:
   filters: int  # the stage outputs 4 * filters channels
 
 
-def _layer_norm_math(x, gamma, beta, epsilon):
+@conv_bn.elementwise_kernel
+def _layer_norm(x, gamma, beta, epsilon):
+  """LayerNorm over channels (one XLA kernel; Keras' makes several passes)."""
   mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
   return (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta
-
-
-# LayerNorm over channels as one XLA kernel (Keras' makes several passes).
-_xla_layer_norm = tf.function(_layer_norm_math, jit_compile=True)
 
 
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
@@ -92,9 +90,8 @@ class KMaXPixelDecoder(keras.layers.Layer):
   def _normalize(self, index, backbone_features):
     norm = self.backbone_norms[index]
     x = backbone_features[self.stages[index].stride]
-    layer_norm = _xla_layer_norm if conv_bn.use_xla(x) else _layer_norm_math
-    return layer_norm(x, tf.convert_to_tensor(norm.gamma),
-                      tf.convert_to_tensor(norm.beta), norm.epsilon)
+    return _layer_norm(x, tf.convert_to_tensor(norm.gamma),
+                       tf.convert_to_tensor(norm.beta), norm.epsilon)
 
   @property
   def output_channels(self):
