@@ -40,7 +40,8 @@ setuptools.setup(
                  'for panoptic segmentation, in TensorFlow 2 / Keras 3.'),
     python_requires='>=3.11,<3.12',
     packages=setuptools.find_packages(include=['deeplab2_kmax', 'deeplab2_kmax.*']),
-    package_data={'deeplab2_kmax': ['data/*.json']},
+    package_data={'deeplab2_kmax': ['data/*.json',
+                                   'data/categories/*.json']},
     install_requires=[
         'tensorflow>=2.20,<2.21',
         'tf-models-official>=2.20,<2.21',
@@ -51,6 +52,8 @@ setuptools.setup(
         'absl-py>=1.4,<3',
         'pycocotools>=2.0.7,<3',
         'tensorflow-datasets>=4.9,<5',
+        'Pillow>=10,<14',
+        'tqdm>=4.60,<5',
     ],
     extras_require={'test': ['pytest>=8,<10']},
 )

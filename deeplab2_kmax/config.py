@@ -27,6 +27,7 @@ _UNKNOWN_FIELD = re.compile(
 _UNKNOWN_ENUM = re.compile(
     r'Enum type "([\w.]+)" has no value named ([\w]+)')
 _STRIDE_MULTIPLE = 32
+_DATASET_FIELDS = ('train_dataset_options', 'eval_dataset_options')
 
 
 class ConfigError(ValueError):
@@ -210,19 +211,36 @@ def validate(config, source='<config>'):
         fail(f'model_options.semantic_head.low_level[{i}]',
              'stride must be 4, 8 or 16 and channels positive')
 
-  for name in ('train_dataset_options', 'eval_dataset_options'):
+  for name in _DATASET_FIELDS:
     if config.HasField(name):
       _validate_dataset(fail, name, getattr(config, name))
+  if all(config.HasField(name) for name in _DATASET_FIELDS):
+    train, evaluation = (getattr(config, name).dataset
+                         for name in _DATASET_FIELDS)
+    if train != evaluation:
+      fail('eval_dataset_options.dataset',
+           f'{evaluation!r} differs from train_dataset_options.dataset '
+           f'{train!r}; the model predicts the classes of one data set')
 
 
 def _validate_dataset(fail, name, options):
+  """Checks one DatasetOptions.
+
+  A categories_json that still holds an unset ${VAR} passes here, like other
+  paths; dataset_info_for reports it when the classes are needed.
+  """
   if options.dataset != 'custom':
     if options.dataset not in dataset_info.DATASETS:
       fail(f'{name}.dataset', f'unknown dataset {options.dataset!r}; '
            f'expected "custom" or one of {sorted(dataset_info.DATASETS)}')
+    if options.categories_json:
+      fail(f'{name}.categories_json', 'is read only for dataset "custom"; '
+           f'remove it or set dataset: "custom" (found dataset '
+           f'{options.dataset!r})')
   elif not options.categories_json:
     fail(f'{name}.categories_json', 'dataset "custom" needs a categories '
-         'JSON in COCO panoptic format')
+         'JSON in COCO panoptic format (a list of categories, or an '
+         'annotation file with a "categories" list)')
   crop = list(options.crop_size)
   if len(crop) != 2:
     fail(f'{name}.crop_size', f'expected [height, width]; got {crop}')
@@ -241,16 +259,56 @@ def _check_keep_prob(fail, field, value):
 
 
 def dataset_info_for(config):
-  """DatasetInfo of the config's training (else evaluation) data set."""
-  for name in ('train_dataset_options', 'eval_dataset_options'):
-    if config.HasField(name):
-      dataset = getattr(config, name).dataset
-      if dataset == 'custom':
+  """DatasetInfo of the config's data set (training, else evaluation).
+
+  Dataset "custom" reads `categories_json` (see
+  dataset_info.from_categories_json). When both data sets are custom with
+  different JSON files, both are read and must describe the same classes
+  (colors aside).
+  """
+  names = [name for name in _DATASET_FIELDS if config.HasField(name)]
+  if not names:
+    raise ConfigError('the config names no data set (train_dataset_options '
+                      'or eval_dataset_options), so the number of classes '
+                      'is unknown')
+  info = _dataset_info_of(names[0], getattr(config, names[0]))
+  if len(names) == 2:
+    first, second = (getattr(config, name) for name in names)
+    if (second.dataset != first.dataset or
+        second.categories_json != first.categories_json):
+      other = _dataset_info_of(names[1], second)
+      if _class_facts(other) != _class_facts(info):
         raise ConfigError(
-            f'{name}.dataset: class facts of "custom" data sets come from '
-            'categories_json, which this version cannot read yet; use one '
-            f'of {sorted(dataset_info.DATASETS)}')
-      return dataset_info.get_dataset_info(dataset)
-  raise ConfigError('the config names no data set (train_dataset_options or '
-                    'eval_dataset_options), so the number of classes is '
-                    'unknown')
+            f'{names[1]}: its classes ({other.num_classes} from '
+            f'{second.categories_json or second.dataset!r}) differ from '
+            f'those of {names[0]} ({info.num_classes} from '
+            f'{first.categories_json or first.dataset!r}); the model '
+            'predicts the classes of one data set')
+  return info
+
+
+def _class_facts(info):
+  """What the model depends on: ids, names and thing flags of the classes."""
+  return (info.ignore_label, info.label_divisor,
+          [(c.semantic_id, c.source_id, c.name, c.is_thing)
+           for c in info.classes])
+
+
+def _dataset_info_of(name, options):
+  """DatasetInfo of one DatasetOptions; errors name the field at fault."""
+  if options.dataset != 'custom':
+    try:
+      return dataset_info.get_dataset_info(options.dataset)
+    except ValueError as e:
+      raise ConfigError(f'{name}.dataset: {e}') from None
+  field = f'{name}.categories_json'
+  if not options.categories_json:
+    raise ConfigError(
+        f'{field}: dataset "custom" needs categories_json, a COCO panoptic '
+        'categories JSON (a list of categories, or an annotation file with '
+        'a "categories" list); it is not set')
+  path = resolved(options.categories_json, field)
+  try:
+    return dataset_info.from_categories_json(path)
+  except ValueError as e:
+    raise ConfigError(f'{field}: {e}') from None

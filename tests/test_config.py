@@ -1,4 +1,5 @@
 """Tests of config.py: parsing, ${VAR} substitution and validation."""
+import json
 import re
 
 import pytest
@@ -155,7 +156,7 @@ def test_unknown_dataset_is_rejected():
 
 
 def test_variable_substitution_in_repeated_string_field(monkeypatch):
-  monkeypatch.setenv('SYNTHETIC_DATA_DIR', '/data/synthetic')
+  monkeypatch.setenv('SYNTHETIC_DATA', '/data/synthetic')
   config = config_lib.load_config(TINY_CONFIG)
   assert list(config.train_dataset_options.file_pattern) == [
       '/data/synthetic/train-*.tfrecord']
@@ -277,3 +278,124 @@ def test_cmt_meta_architecture_is_validated_under_its_own_prefix(tiny_config):
                      match=r'model_options\.cmt_deeplab\.transformer_decoder'
                      r'\.stages\[0\]\.stride'):
     config_lib.validate(tiny_config)
+
+
+# Data sets ------------------------------------------------------------------
+def _write_categories(path, categories, wrap=False):
+  data = {'images': [], 'categories': categories} if wrap else categories
+  path.write_text(json.dumps(data), encoding='utf-8')
+  return path
+
+
+_CELLS = [{'id': 1, 'name': 'cell', 'isthing': 1},
+          {'id': 2, 'name': 'background', 'isthing': 0},
+          {'id': 5, 'name': 'debris', 'isthing': 0}]
+
+
+def _custom_text(train_json, eval_json=None):
+  """The tiny config with both data sets "custom" (eval_json: train's)."""
+  text = _tiny_text()
+  for path in (train_json, eval_json or train_json):
+    text = _replace_once(
+        text, 'dataset: "synthetic_panoptic"',
+        f'dataset: "custom"\n  categories_json: "{path}"')
+  return text
+
+
+def test_dataset_info_for_a_named_data_set(tiny_config):
+  info = config_lib.dataset_info_for(tiny_config)
+  assert info.name == 'synthetic_panoptic'
+  tiny_config.ClearField('train_dataset_options')
+  assert config_lib.dataset_info_for(tiny_config) is info  # From eval.
+  tiny_config.ClearField('eval_dataset_options')
+  with pytest.raises(ConfigError, match='names no data set'):
+    config_lib.dataset_info_for(tiny_config)
+
+
+def test_custom_dataset_reads_categories_json(tmp_path):
+  path = _write_categories(tmp_path / 'cells.json', _CELLS)
+  config = config_lib.parse_config(_custom_text(path))
+  info = config_lib.dataset_info_for(config)
+  assert (info.name, info.num_classes, info.num_things) == ('custom', 3, 1)
+  assert info.num_semantic_channels == 4
+  assert [c.source_id for c in info.channel_classes] == [1, 2, 5]
+
+
+def test_custom_dataset_needs_categories_json():
+  text = _replace_once(_tiny_text(), 'dataset: "synthetic_panoptic"',
+                       'dataset: "custom"')
+  with pytest.raises(ConfigError) as info:
+    config_lib.parse_config(text)
+  message = str(info.value)
+  assert 'train_dataset_options.categories_json' in message
+  assert 'custom' in message
+
+
+def test_dataset_info_for_unvalidated_custom_without_json(tiny_config):
+  tiny_config.train_dataset_options.dataset = 'custom'
+  with pytest.raises(ConfigError,
+                     match=r'^train_dataset_options\.categories_json: .*'
+                     r'it is not set'):
+    config_lib.dataset_info_for(tiny_config)
+
+
+def test_custom_categories_json_with_unset_variable(monkeypatch, tmp_path):
+  monkeypatch.delenv('CELLS_DIR', raising=False)
+  config = config_lib.parse_config(_custom_text('${CELLS_DIR}/cells.json'))
+  with pytest.raises(ConfigError) as info:
+    config_lib.dataset_info_for(config)
+  message = str(info.value)
+  assert 'train_dataset_options.categories_json' in message
+  assert 'CELLS_DIR' in message
+  _write_categories(tmp_path / 'cells.json', _CELLS)
+  monkeypatch.setenv('CELLS_DIR', str(tmp_path))
+  config = config_lib.parse_config(_custom_text('${CELLS_DIR}/cells.json'))
+  assert config_lib.dataset_info_for(config).num_classes == 3
+
+
+def test_custom_categories_json_errors_name_field_and_file(tmp_path):
+  path = tmp_path / 'broken.json'
+  path.write_text('[{"id": 1}]', encoding='utf-8')
+  config = config_lib.parse_config(_custom_text(path))
+  with pytest.raises(ConfigError) as info:
+    config_lib.dataset_info_for(config)
+  message = str(info.value)
+  assert message.startswith('train_dataset_options.categories_json: ')
+  assert str(path) in message and '"name"' not in message
+  assert "lacks ['name']" in message
+
+
+def test_categories_json_is_only_for_custom(tmp_path):
+  text = _replace_once(
+      _tiny_text(), 'dataset: "synthetic_panoptic"',
+      f'dataset: "synthetic_panoptic"\n  categories_json: "{tmp_path}/x"')
+  with pytest.raises(ConfigError,
+                     match=r'train_dataset_options\.categories_json: is read '
+                     r'only for dataset "custom"'):
+    config_lib.parse_config(text)
+
+
+def test_train_and_eval_data_sets_must_agree():
+  text = _tiny_text()
+  at = text.rindex('dataset: "synthetic_panoptic"')
+  text = text[:at] + text[at:].replace('synthetic_panoptic', 'coco_panoptic',
+                                       1)
+  with pytest.raises(ConfigError) as info:
+    config_lib.parse_config(text)
+  message = str(info.value)
+  assert 'eval_dataset_options.dataset' in message
+  assert 'coco_panoptic' in message and 'synthetic_panoptic' in message
+
+
+def test_custom_train_and_eval_files_must_have_the_same_classes(tmp_path):
+  train = _write_categories(tmp_path / 'train.json', _CELLS, wrap=True)
+  same = _write_categories(tmp_path / 'val.json', _CELLS[::-1], wrap=True)
+  config = config_lib.parse_config(_custom_text(train, same))
+  assert config_lib.dataset_info_for(config).num_classes == 3
+  other = _write_categories(tmp_path / 'other.json', _CELLS[:2])
+  config = config_lib.parse_config(_custom_text(train, other))
+  with pytest.raises(ConfigError) as info:
+    config_lib.dataset_info_for(config)
+  message = str(info.value)
+  assert message.startswith('eval_dataset_options: ')
+  assert str(other) in message and str(train) in message

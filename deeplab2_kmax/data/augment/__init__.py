@@ -1,0 +1,1 @@
+"""Data augmentation ops: pure functions over tensors, seeded statelessly."""

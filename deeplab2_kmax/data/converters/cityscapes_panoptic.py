@@ -1,0 +1,49 @@
+"""Cityscapes panoptic, as written by cityscapesScripts' createPanopticImgs.
+
+Layout (`split` = train, val or test):
+
+  ROOT/leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png
+  ROOT/gtFine/cityscapes_panoptic_{split}.json
+  ROOT/gtFine/cityscapes_panoptic_{split}/
+      {city}_{seq}_{frame}_gtFine_panoptic.png
+
+Image ids are strings `{city}_{seq}_{frame}`; `images[].file_name` holds
+the base name only, so the city folder is taken from its first part.
+Category ids are Cityscapes label ids (e.g. 24 person, 26 car, 7 road),
+the source ids of the `cityscapes_panoptic` table, which maps them to train
+ids. Segment ids are `label_id * 1000 + k` for thing instances and the
+label id for stuff and for crowd regions (`iscrowd` 1). A JSON made with
+`--use-train-id` has train ids as category ids; the category names then
+disagree with the table and the conversion stops with an error.
+"""
+import os
+
+from deeplab2_kmax.data.converters import panoptic_format
+
+_SUFFIX = '_leftImg8bit.png'
+
+
+def image_file_name(image):
+  """`{city}/{file_name}` relative to leftImg8bit/{split}."""
+  name = str(image['file_name'])
+  parts = name.rsplit('_', 3)  # city, sequence, frame, 'leftImg8bit.png'
+  if len(parts) != 4 or not name.endswith(_SUFFIX):
+    raise ValueError(f'file_name {name!r} is not '
+                     f'{{city}}_{{seq}}_{{frame}}{_SUFFIX}')
+  return f'{parts[0]}/{name}'
+
+
+def layout(root, split='val'):
+  """Paths of the createPanopticImgs layout under `root` for `split`."""
+  return {
+      'images_dir': os.path.join(root, 'leftImg8bit', split),
+      'panoptic_json': os.path.join(root, 'gtFine',
+                                    f'cityscapes_panoptic_{split}.json'),
+      'panoptic_dir': os.path.join(root, 'gtFine',
+                                   f'cityscapes_panoptic_{split}'),
+  }
+
+
+FORMAT = panoptic_format.PanopticFormat(
+    name='cityscapes_panoptic', default_dataset='cityscapes_panoptic',
+    image_file_name=image_file_name, layout=layout)

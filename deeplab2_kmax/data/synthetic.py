@@ -1,0 +1,162 @@
+"""The built-in synthetic panoptic data set, written in COCO panoptic format.
+
+Writes images drawn by `synthetic_render` (shapes as things, textures as
+stuff; see there) laid out like COCO panoptic, so that they go through the
+same converter as real data:
+
+  D/images/{train,val}/*.jpg                 JPEG, quality 90, 4:4:4
+  D/annotations/panoptic_{train,val}/*.png   segment id = R + 256 G + 65536 B
+  D/annotations/panoptic_{train,val}.json    images, annotations, categories
+
+Train image ids are 1, 2, ...; validation ids start at 1,000,001. Image
+`index` of a split is drawn from its own generator seeded by
+(seed, split, index): the same seed gives byte-identical PNGs and JSON, and
+the validation images do not depend on the number of training images.
+
+Every file is written to a temporary name and renamed; the JSON files are
+written last, so an interrupted run leaves no complete-looking data set.
+A non-empty output folder is refused unless `overwrite` is set, which first
+deletes the JSON files, then the four image and PNG folders.
+
+  python -m deeplab2_kmax.data.synthetic --output_dir=D --num_train=500 \
+      --num_val=100 --seed=0
+"""
+import argparse
+import io
+import json
+import os
+import pathlib
+import shutil
+import sys
+
+import numpy as np
+from PIL import Image
+
+from deeplab2_kmax.data import dataset_info
+from deeplab2_kmax.data import synthetic_render
+
+SPLITS = ('train', 'val')
+JPEG_QUALITY = 90
+_FIRST_ID = {'train': 1, 'val': 1_000_001}
+_MAX_IMAGES_PER_SPLIT = 1_000_000
+_SPLIT_CODE = {'train': 1, 'val': 2}
+
+
+def sample_rng(seed, split, index):
+  """The generator of image `index` of `split`: independent of split sizes."""
+  return np.random.default_rng([int(seed), _SPLIT_CODE[split], int(index)])
+
+
+def _write(path, data):
+  """Writes bytes to a temporary name beside `path`, then renames it."""
+  temporary = path.with_name(f'.{path.name}.tmp')
+  temporary.write_bytes(data)
+  os.replace(temporary, path)
+
+
+def _encode(array, image_format, **kwargs):
+  """Encodes a uint8 array with PIL; returns the file's bytes."""
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format=image_format, **kwargs)
+  return buffer.getvalue()
+
+
+def _prepare(output_dir, overwrite):
+  """Checks that `output_dir` is empty, or clears this generator's files."""
+  output_dir.mkdir(parents=True, exist_ok=True)
+  entries = sorted(p.name for p in output_dir.iterdir())
+  if entries and not overwrite:
+    raise FileExistsError(
+        f'{output_dir}: expected an empty output folder, found {entries[:5]}'
+        f'{" ..." if len(entries) > 5 else ""}; pass --overwrite '
+        '(overwrite=True) to replace a data set written there before')
+  for split in SPLITS:  # the JSON first: a partial rewrite looks incomplete
+    (output_dir / 'annotations' / f'panoptic_{split}.json').unlink(
+        missing_ok=True)
+  for split in SPLITS:
+    for folder in (output_dir / 'images' / split,
+                   output_dir / 'annotations' / f'panoptic_{split}'):
+      shutil.rmtree(folder, ignore_errors=True)
+      folder.mkdir(parents=True)
+
+
+def _write_split(output_dir, split, count, seed, options):
+  """Writes the JPEGs and PNGs of one split; returns its JSON object."""
+  dataset = synthetic_render.DATASET
+  images, annotations = [], []
+  for index in range(count):
+    image_id = _FIRST_ID[split] + index
+    name = f'{image_id:012d}'
+    rng = sample_rng(seed, split, index)
+    sample = synthetic_render.render(rng, options)
+    _write(output_dir / 'images' / split / f'{name}.jpg',
+           _encode(sample.image, 'JPEG', quality=JPEG_QUALITY, subsampling=0))
+    rgb = np.stack([(sample.segment_ids >> shift) & 255
+                    for shift in (0, 8, 16)], axis=-1).astype(np.uint8)
+    _write(output_dir / 'annotations' / f'panoptic_{split}' / f'{name}.png',
+           _encode(rgb, 'PNG'))
+    images.append({'id': image_id, 'file_name': f'{name}.jpg',
+                   'width': options.width, 'height': options.height})
+    annotations.append({'image_id': image_id, 'file_name': f'{name}.png',
+                        'segments_info': sample.segments_info})
+  return {
+      'info': {'description': f'deeplab2_kmax {dataset} ({split})',
+               'seed': int(seed), 'version': '1'},
+      'licenses': [],
+      'images': images,
+      'annotations': annotations,
+      'categories': dataset_info.get_dataset_info(dataset).categories_json(),
+  }
+
+
+def generate(output_dir, num_train, num_val, seed, options=None,
+             overwrite=False):
+  """Writes the data set to `output_dir`; returns {split: JSON path}."""
+  options = options or synthetic_render.SyntheticOptions()
+  output_dir = pathlib.Path(output_dir)
+  counts = {'train': num_train, 'val': num_val}
+  for split, count in counts.items():
+    if not 0 <= count <= _MAX_IMAGES_PER_SPLIT:
+      raise ValueError(f'num_{split}: expected 0..{_MAX_IMAGES_PER_SPLIT} '
+                       f'images, got {count}')
+  synthetic_render.check_classes()  # fail before touching any file
+  _prepare(output_dir, overwrite)
+  documents = {split: _write_split(output_dir, split, count, seed, options)
+               for split, count in counts.items()}
+  paths = {}
+  for split, document in documents.items():
+    paths[split] = output_dir / 'annotations' / f'panoptic_{split}.json'
+    _write(paths[split], json.dumps(document).encode('utf-8'))
+  return paths
+
+
+def main(argv=None):
+  """Command line entry point; returns the exit status."""
+  parser = argparse.ArgumentParser(
+      prog='python -m deeplab2_kmax.data.synthetic',
+      description='Writes the synthetic panoptic data set (COCO format).')
+  parser.add_argument('--output_dir', required=True)
+  parser.add_argument('--num_train', type=int, default=500)
+  parser.add_argument('--num_val', type=int, default=100)
+  parser.add_argument('--seed', type=int, default=0)
+  defaults = synthetic_render.SyntheticOptions()
+  parser.add_argument('--height', type=int, default=defaults.height)
+  parser.add_argument('--width', type=int, default=defaults.width)
+  parser.add_argument('--overwrite', action='store_true',
+                      help='replace a data set already in --output_dir')
+  args = parser.parse_args(argv)
+  try:
+    paths = generate(args.output_dir, args.num_train, args.num_val, args.seed,
+                     synthetic_render.SyntheticOptions(
+                         height=args.height, width=args.width),
+                     overwrite=args.overwrite)
+  except (ValueError, FileExistsError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'wrote {args.num_train} train and {args.num_val} val images; '
+        f'annotations: {", ".join(str(p) for p in paths.values())}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
