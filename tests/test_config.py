@@ -131,8 +131,7 @@ def test_bad_crop_size_names_the_field(crop):
 
 def test_bad_eval_crop_size_names_the_eval_field():
   text = _tiny_text()
-  first = text.index('crop_size: [129, 129]')
-  second = text.index('crop_size: [129, 129]', first + 1)
+  second = text.index('crop_size: [161, 161]')  # the eval crop
   text = text[:second] + 'crop_size: [65, 100]' + text[second + 21:]
   with pytest.raises(ConfigError, match=r'eval_dataset_options\.crop_size'):
     config_lib.parse_config(text)
