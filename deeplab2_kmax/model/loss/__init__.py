@@ -1,0 +1,1 @@
+"""Training losses of kMaX-DeepLab and the Hungarian matcher they share."""
