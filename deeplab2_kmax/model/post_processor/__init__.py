@@ -1,0 +1,1 @@
+"""Post-processing of model outputs into panoptic predictions."""
