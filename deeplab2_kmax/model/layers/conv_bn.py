@@ -21,6 +21,8 @@ route, the only one with a CPU gradient).
 import keras
 import tensorflow as tf
 
+from deeplab2_kmax.model.layers import sync_batch_norm
+
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
 _SQRT_HALF = 0.7071067811865476
@@ -28,9 +30,9 @@ _SQRT_HALF = 0.7071067811865476
 
 def batch_norm(name, gamma_initializer='ones', axis=-1):
   """A synchronized BatchNormalization with the project's constants."""
-  return keras.layers.BatchNormalization(
+  return sync_batch_norm.SyncBatchNormalization(
       axis=axis, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-      gamma_initializer=gamma_initializer, synchronized=True, name=name)
+      gamma_initializer=gamma_initializer, name=name)
 
 
 # Tensors smaller than this stay on plain TensorFlow ops: XLA gains nothing

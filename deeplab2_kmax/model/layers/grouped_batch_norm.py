@@ -11,6 +11,7 @@ import keras
 import tensorflow as tf
 
 from deeplab2_kmax.model.layers import conv_bn
+from deeplab2_kmax.model.layers import sync_batch_norm
 
 
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
@@ -61,10 +62,9 @@ class GroupedBatchNorm(keras.layers.Layer):
         max(1, _prod(self.param_shape)))
     total = tf.reduce_sum(x, self._reduce_axes, keepdims=True)
     total_sq = tf.reduce_sum(tf.square(x), self._reduce_axes, keepdims=True)
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-      total, total_sq, count = context.all_reduce(
-          tf.distribute.ReduceOp.SUM, [total, total_sq, count])
+    total, total_sq = tf.unstack(
+        sync_batch_norm.cross_replica_sum(tf.stack([total, total_sq])))
+    count = sync_batch_norm.cross_replica_sum(count)
     mean = total / count
     variance = tf.maximum(total_sq / count - tf.square(mean), 0.0)
     return mean, variance
