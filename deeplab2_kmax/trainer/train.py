@@ -1,0 +1,52 @@
+r"""Trains and evaluates kMaX-DeepLab: the package's main job.
+
+  python -m deeplab2_kmax.trainer.train \
+      --config_file=configs/coco/kmax_deeplab/kmax_r50_os32.textproto \
+      --model_dir=/tmp/kmax --mode=train \
+      [--override=trainer_options.num_steps=20 ...] [--strategy=auto]
+
+Modes: `train`, `eval` (the latest checkpoint, once), `train_and_eval`
+(evaluates every `evaluator_options.eval_interval_steps`), `continuous_eval`
+(evaluates each new checkpoint until the final one). Checkpoints are
+`model_dir/ckpt-<step>`; TensorBoard summaries go to `model_dir/train` and
+`model_dir/eval`; evaluation results also to `model_dir/eval/metrics-<step>.json`.
+"""
+from absl import app
+from absl import flags
+from absl import logging
+
+from deeplab2_kmax.trainer import runner
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('config_file', None, 'Experiment config (textproto).')
+flags.DEFINE_string('model_dir', None, 'Checkpoints, summaries, results.')
+flags.DEFINE_enum('mode', 'train', runner.MODES, 'What to run.')
+flags.DEFINE_multi_string(
+    'override', [], 'field.path=value; sets a config field (repeatable).')
+flags.DEFINE_enum('strategy', 'auto',
+                  ['auto', 'one_device', 'mirrored', 'multi_worker', 'tpu'],
+                  'tf.distribute strategy (auto: from the devices, TF_CONFIG '
+                  'and --tpu).')
+flags.DEFINE_string('tpu', None, 'TPU name or address (TPUStrategy).')
+flags.DEFINE_integer('num_cpu_devices', 0,
+                     'Split the CPU into this many logical devices (to run '
+                     'MirroredStrategy without GPUs).')
+flags.DEFINE_integer('seed', 0, 'Seed of data order, augmentation, sampling.')
+flags.DEFINE_integer('continuous_eval_timeout', 3600,
+                     'continuous_eval: seconds to wait for a new checkpoint.')
+
+
+def main(argv):
+  del argv
+  if not FLAGS.config_file or not FLAGS.model_dir:
+    raise app.UsageError('--config_file and --model_dir are required')
+  logging.set_verbosity(logging.INFO)
+  runner.run_experiment(
+      config_file=FLAGS.config_file, model_dir=FLAGS.model_dir,
+      mode=FLAGS.mode, overrides=FLAGS.override, strategy=FLAGS.strategy,
+      tpu=FLAGS.tpu, num_cpu_devices=FLAGS.num_cpu_devices, seed=FLAGS.seed,
+      continuous_eval_timeout=FLAGS.continuous_eval_timeout)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,138 @@
+"""Orbit trainer: one optimisation step per batch, losses averaged per loop.
+
+Each replica computes the loss of its share of the global batch; the
+gradient of `total / num_replicas` is summed across replicas by the
+optimizer, so the update is that of the mean loss over the global batch.
+Random sampling in the loss is seeded by (task seed, step, replica), so a
+resumed run draws the same samples as an uninterrupted one.
+
+A non-finite loss term stops training: the step records the first step and
+term at fault, and `train_loop_end` raises `NonFiniteLossError` before Orbit
+writes the loop's checkpoint, so the last good checkpoint stays the latest.
+"""
+import time
+
+import orbit
+import tensorflow as tf
+from absl import logging
+
+from deeplab2_kmax.model.loss import kmax_loss
+
+
+class NonFiniteLossError(FloatingPointError):
+  """A loss term became NaN or Inf."""
+
+
+class KMaXTrainer(orbit.StandardTrainer):
+  """Trains a model on a distributed dataset with the task's loss."""
+
+  def __init__(self, *, task, strategy, model, loss, optimizer, schedule,
+               train_dataset, num_steps, mixed_precision=None):
+    self.task = task
+    self.strategy = strategy
+    self.model = model
+    self.loss = loss
+    self.optimizer = optimizer
+    self.schedule = schedule
+    self.num_steps = int(num_steps)
+    self._loss_scale = mixed_precision == 'float16'
+    # The weighted terms, then the total (kmax_loss.TERMS).
+    self.term_names = tuple(kmax_loss.TERMS) + (kmax_loss.TOTAL,)
+    with strategy.scope():
+      def counter(name, dtype=tf.float32):
+        return tf.Variable(
+            tf.zeros([], dtype), trainable=False, name=name,
+            synchronization=tf.VariableSynchronization.ON_READ,
+            aggregation=tf.VariableAggregation.SUM)
+      self._sums = {n: counter(f'sum_{n}') for n in self.term_names}
+      self._count = counter('count')
+      # First step (and term index) with a non-finite loss; -1 while none.
+      self._bad_step = tf.Variable(-1, dtype=tf.int64, trainable=False,
+                                   aggregation=tf.VariableAggregation
+                                   .ONLY_FIRST_REPLICA)
+      self._bad_term = tf.Variable(-1, dtype=tf.int64, trainable=False,
+                                   aggregation=tf.VariableAggregation
+                                   .ONLY_FIRST_REPLICA)
+    super().__init__(train_dataset, options=orbit.StandardTrainerOptions(
+        use_tf_while_loop=True, use_tf_function=True))
+    self._loop_start = None
+    self._loop_start_step = None
+
+  @property
+  def global_step(self):
+    return self.optimizer.iterations
+
+  def train_loop_begin(self):
+    for v in list(self._sums.values()) + [self._count]:
+      v.assign(tf.zeros_like(v))
+    self._loop_start = time.perf_counter()
+    self._loop_start_step = int(self.global_step.numpy())
+
+  def train_step(self, iterator):
+    batch = next(iterator)
+    self.strategy.run(self._step_fn, args=(batch,))
+
+  def _step_fn(self, batch):
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync
+    step = tf.cast(self.global_step, tf.int64)
+    seed = tf.stack([
+        tf.constant(self.task.seed, tf.int64),
+        step * 1024 + tf.cast(context.replica_id_in_sync_group, tf.int64)])
+    variables = self.model.trainable_variables
+    with tf.GradientTape() as tape:
+      outputs = self.model(batch['image'], training=True)
+      losses = self.loss(outputs, batch, seed)
+      objective = losses['total'] / replicas
+      if self._loss_scale:
+        objective = self.optimizer.scale_loss(objective)
+    grads = tape.gradient(objective, variables)
+    self.optimizer.apply_gradients(zip(grads, variables))
+
+    # The loss counts non-finite per-image values of each term (and zeroes
+    # them); the total itself must be finite too.
+    finite = tf.stack(
+        [tf.equal(losses[kmax_loss.NON_FINITE_PREFIX + n], 0.0)
+         for n in kmax_loss.TERMS] +
+        [tf.reduce_all(tf.math.is_finite(losses[kmax_loss.TOTAL]))])
+    first_bad = tf.cast(tf.argmin(tf.cast(finite, tf.int32)), tf.int64)
+    record = tf.logical_and(tf.logical_not(tf.reduce_all(finite)),
+                            self._bad_step < 0)
+    self._bad_step.assign(tf.where(record, step, self._bad_step))
+    self._bad_term.assign(tf.where(record, first_bad, self._bad_term))
+    for name in self.term_names:
+      self._sums[name].assign_add(tf.cast(losses[name], tf.float32))
+    self._count.assign_add(1.0)
+
+  def train_loop_end(self):
+    step = int(self.global_step.numpy())
+    bad_step = int(self._bad_step.numpy())
+    if bad_step >= 0:
+      term = self.term_names[int(self._bad_term.numpy())]
+      raise NonFiniteLossError(
+          f'the loss term {term!r} was not finite (NaN or Inf) at step '
+          f'{bad_step}; training stopped; the latest checkpoint in the '
+          'model directory is the last good one')
+    count = max(float(self._count.numpy()), 1.0)
+    result = {name: float(v.numpy()) / count
+              for name, v in self._sums.items()}
+    # The rate of the loop's last update.
+    result['learning_rate'] = float(self.schedule(max(step - 1, 0)))
+    elapsed = time.perf_counter() - self._loop_start
+    steps = step - self._loop_start_step
+    rate = steps / elapsed if elapsed > 0 else 0.0
+    result['steps_per_second'] = rate
+    remaining = (self.num_steps - step) / rate if rate > 0 else float('nan')
+    logging.info('step %d/%d | loss %.4f | %.2f steps/s | %s left', step,
+                 self.num_steps, result['total'], rate,
+                 _format_duration(remaining))
+    return result
+
+
+def _format_duration(seconds):
+  if seconds != seconds or seconds == float('inf'):  # NaN / inf
+    return '?'
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, secs = divmod(rest, 60)
+  return f'{hours}h{minutes:02d}m' if hours else f'{minutes}m{secs:02d}s'

@@ -1,0 +1,144 @@
+"""Benchmarks training steps: seconds per step and peak memory.
+
+One full training step of the trainer (`KMaXTrainer`: forward in training
+mode, the complete kMaX loss with matching and deep supervision over the six
+auxiliary outputs, backward, AdamW with decoupled decay and the backbone
+learning-rate multiplier) on a fixed batch, so the input pipeline is not
+measured (see benchmark_input.py). The batch is a synthetic image with a
+panoptic label of the config's data set (stuff bands, thing discs, a crowd
+region, void) turned into loss targets by the pipeline's `make_targets`.
+
+Each case runs in a fresh process and prints one JSON line:
+  config, crop, batch, median / min / max seconds per step over --steps
+  steps after --warmup steps, peak_rss_mib (ru_maxrss of that process:
+  model, optimizer slots, tracing, steps), machine, TF version, threads.
+
+Example:
+  python scripts/benchmark_train.py \\
+      --config_file=configs/coco/kmax_deeplab/kmax_r50_os32.textproto \\
+      --crop=641 --batch_sizes=1,2
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--config_file', required=True)
+  parser.add_argument('--crop', type=int, default=641)
+  parser.add_argument('--batch_sizes', default='1,2')
+  parser.add_argument('--steps', type=int, default=5)
+  parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument('--case', default=None, help=argparse.SUPPRESS)
+  return parser.parse_args(argv)
+
+
+def _fake_batch(info, crop, batch_size, output_stride, max_thing_id):
+  """A batch dict like the training pipeline's, from a drawn label."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from deeplab2_kmax.data import targets  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.default_rng(0)
+  stuff = info.stuff_semantic_ids
+  things = info.thing_semantic_ids
+  div = info.label_divisor
+  samples = []
+  for _ in range(batch_size):
+    label = np.zeros([crop, crop], np.int32)
+    bands = np.array_split(np.arange(crop), 4)
+    for band in bands:
+      label[band] = rng.choice(stuff) * div
+    yy, xx = np.mgrid[:crop, :crop]
+    for instance in range(1, 16):
+      cy, cx, r = rng.integers(0, crop, 2).tolist() + [int(
+          rng.integers(crop // 40, crop // 8))]
+      label[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (
+          rng.choice(things) * div + instance)
+    label[:crop // 10, :crop // 10] = things[0] * div  # crowd
+    label[-crop // 12:, -crop // 12:] = info.void_label
+    sample = targets.make_targets(
+        tf.constant(label), dataset_info=info, output_stride=output_stride,
+        max_thing_id=max_thing_id)
+    sample['image'] = tf.constant(
+        rng.uniform(0, 255, [crop, crop, 3]).astype(np.float32))
+    samples.append(sample)
+  return {k: tf.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+def run_case(args, batch_size):
+  """Times the steps in this process; returns the JSON record."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from deeplab2_kmax.trainer import runner  # pylint: disable=import-outside-toplevel
+  from deeplab2_kmax.trainer import task as task_lib  # pylint: disable=import-outside-toplevel
+  from deeplab2_kmax.trainer import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
+
+  config = runner.load_experiment_config(args.config_file)
+  task = task_lib.KMaXTask(config)
+  options = config.train_dataset_options
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  with strategy.scope():
+    model = task.build_model()
+    loss = task.build_loss()
+    optimizer, schedule = task.build_optimizer(model.trainable_variables)
+  batch = _fake_batch(task.dataset_info, args.crop, batch_size,
+                      task.output_stride, options.max_thing_id)
+  dataset = strategy.experimental_distribute_dataset(
+      tf.data.Dataset.from_tensors(batch).repeat())
+  trainer = trainer_lib.KMaXTrainer(
+      task=task, strategy=strategy, model=model, loss=loss,
+      optimizer=optimizer, schedule=schedule, train_dataset=dataset,
+      num_steps=config.trainer_options.num_steps)
+  one = tf.constant(1)
+  for _ in range(args.warmup):
+    trainer.train(one)
+    float(trainer._count.numpy())  # pylint: disable=protected-access
+  times = []
+  for _ in range(args.steps):
+    start = time.perf_counter()
+    trainer.train(one)
+    float(optimizer.iterations.numpy())  # waits for the step
+    times.append(time.perf_counter() - start)
+  return {
+      'config': args.config_file, 'crop': args.crop, 'batch': batch_size,
+      'seconds_per_step': {'median': round(statistics.median(times), 3),
+                           'min': round(min(times), 3),
+                           'max': round(max(times), 3), 'steps': args.steps},
+      'peak_rss_mib': round(
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+      'machine': platform.processor() or platform.machine(),
+      'cpu_count': os.cpu_count(), 'tensorflow': tf.__version__,
+      'threads': 'default',
+  }
+
+
+def main(argv=None):
+  args = _parse_args(argv)
+  if args.case:
+    print(json.dumps(run_case(args, int(args.case))), flush=True)
+    return 0
+  status = 0
+  for batch_size in args.batch_sizes.split(','):
+    command = [sys.executable, __file__, f'--config_file={args.config_file}',
+               f'--crop={args.crop}', f'--steps={args.steps}',
+               f'--warmup={args.warmup}', f'--case={batch_size}']
+    result = subprocess.run(command, stdout=subprocess.PIPE, text=True,
+                            check=False)
+    if result.returncode:
+      status = 1
+      print(json.dumps({'batch': int(batch_size), 'error': 'the case failed '
+                        '(see stderr)'}), flush=True)
+    else:
+      print(result.stdout.strip().splitlines()[-1], flush=True)
+  return status
+
+
+if __name__ == '__main__':
+  sys.exit(main())
