@@ -55,5 +55,10 @@ setuptools.setup(
         'Pillow>=10,<14',
         'tqdm>=4.60,<5',
     ],
-    extras_require={'test': ['pytest>=8,<10']},
+    # Test-only references of the evaluation (tests/evaluation skip without
+    # them). panopticapi-lite 0.2.0, the only release, pins numpy<2, which
+    # TensorFlow 2.20 cannot use, so it is not listed here; its evaluation
+    # module needs only numpy and Pillow:
+    #   pip install --no-deps panopticapi-lite==0.2.0
+    extras_require={'test': ['pytest>=8,<10', 'cityscapesscripts>=2.2,<3']},
 )
