@@ -1,93 +1,135 @@
-"""Quickstart: what deeplab2_kmax can do today, end to end on a CPU.
+"""Quickstart: the whole system on the built-in synthetic data set, on a CPU.
 
-1. Builds the tiny kMaX-DeepLab of configs/synthetic/kmax_tiny.textproto and
-   runs it on a synthetic image, printing the outputs and, per k-means
-   layer, how many pixels each cluster center took.
-2. If the DeepLab2 parity fixture is present (../shared/parity beside the
-   checkout, or $DEEPLAB2_KMAX_SHARED/parity), writes its reference DeepLab2
-   checkpoint, converts it with the command-line tool and checks the
-   outputs against those DeepLab2 computed.
+  bash scripts/quickstart.sh [WORK_DIR]     (default ./quickstart_output)
 
-Training, evaluation, export and visualization join this script as they are
-built (see the issues); run `bash scripts/quickstart.sh`.
+1. Generates the synthetic panoptic data set in COCO panoptic format
+   (WORK_DIR/data/raw) and converts it to TFRecords (WORK_DIR/data).
+2. Trains the small kMaX-DeepLab of configs/synthetic/kmax_tiny.textproto
+   (WORK_DIR/model: checkpoints, TensorBoard summaries).
+3. Evaluates PQ / SQ / RQ, mask AP and mIoU on the held-out images and
+   writes WORK_DIR/metrics.json.
+4. Exports a SavedModel (WORK_DIR/saved_model), runs it on held-out images
+   (WORK_DIR/predictions: COCO panoptic PNG + JSON and coloured overlays)
+   and draws the clustering view of one image (WORK_DIR/clusters.png): the
+   pixel-to-center assignment of each kMaX layer, then the panoptic result.
+
+Each step prints where its output went. Re-running continues training from
+the last checkpoint in WORK_DIR/model.
 """
+import argparse
+import json
 import os
 import pathlib
-import subprocess
+import shutil
 import sys
-import tempfile
-
-import numpy as np
-import tensorflow as tf
-
-import deeplab2_kmax
-from deeplab2_kmax.model import outputs
+import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED = pathlib.Path(os.environ.get('DEEPLAB2_KMAX_SHARED',
-                                     ROOT.parent / 'shared'))
+CONFIG = ROOT / 'configs' / 'synthetic' / 'kmax_tiny.textproto'
 
 
-def synthetic_image(size=129, seed=0):
-  """A few flat-coloured rectangles and discs on a gradient, [1, H, W, 3]."""
-  rng = np.random.default_rng(seed)
-  y, x = np.mgrid[0:size, 0:size]
-  image = np.stack([x, y, (x + y) / 2], -1).astype(np.float32) * 255 / size
-  for _ in range(6):
-    color = rng.uniform(0, 255, 3)
-    cy, cx, r = rng.integers(10, size - 10, 2).tolist() + [rng.integers(6, 25)]
-    if rng.random() < 0.5:
-      image[(y - cy)**2 + (x - cx)**2 < r * r] = color
-    else:
-      image[max(0, cy - r):cy + r, max(0, cx - r):cx + r] = color
-  return tf.constant(image[None])
+def _parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('work_dir', nargs='?', default='quickstart_output')
+  parser.add_argument('--num_train', type=int, default=500)
+  parser.add_argument('--num_val', type=int, default=100)
+  parser.add_argument('--num_steps', type=int, default=None,
+                      help='training steps (default: the config\'s)')
+  parser.add_argument('--seed', type=int, default=0)
+  return parser.parse_args(argv)
 
 
-def run_tiny_model():
-  config = deeplab2_kmax.load_config(ROOT / 'configs/synthetic/kmax_tiny.textproto')
-  model = deeplab2_kmax.build_model(config)
-  result = model(synthetic_image(), training=False)
-  print('tiny kMaX-DeepLab on a 129x129 synthetic image:')
-  for key in outputs.PREDICTION_KEYS + (outputs.SEMANTIC_LOGITS,):
-    print(f'  {key:16s} {result[key].shape}')
-  for i, prediction in enumerate(result[outputs.AUXILIARY_PREDICTIONS]):
-    logits = prediction[outputs.MASK_LOGITS]
-    sizes = np.bincount(np.argmax(logits, -1).ravel(),
-                        minlength=logits.shape[-1])
-    print(f'  k-means layer {i} at {logits.shape[1]}x{logits.shape[2]}: '
-          f'pixels per cluster {sizes.tolist()}')
+def _step(title):
+  print(f'\n== {title}', flush=True)
+  return time.perf_counter()
 
 
-def check_deeplab2_import():
-  parity = SHARED / 'parity'
-  if not (parity / 'make_reference_checkpoint.py').exists():
-    print(f'(DeepLab2 parity fixture not found at {parity}; skipping the '
-          'checkpoint import demo)')
-    return
-  with tempfile.TemporaryDirectory() as tmp:
-    reference = os.path.join(tmp, 'deeplab2_ckpt')
-    converted = os.path.join(tmp, 'kmax_r50_coco')
-    subprocess.run([sys.executable, str(parity / 'make_reference_checkpoint.py'),
-                    str(parity / 'deeplab2_kmax_r50' / 'variables.tsv'),
-                    reference], check=True, stdout=subprocess.DEVNULL)
-    coco = ROOT / 'configs/coco/kmax_deeplab/kmax_r50_os32.textproto'
-    subprocess.run([sys.executable, '-m',
-                    'deeplab2_kmax.tools.convert_deeplab2_checkpoint',
-                    f'--config_file={coco}', f'--input={reference}',
-                    f'--output={converted}'], check=True)
-    model = deeplab2_kmax.build_model(deeplab2_kmax.load_config(coco))
-    model(tf.zeros([1, 65, 65, 3]), training=False)
-    tf.train.Checkpoint(model=model).read(converted).assert_consumed()
-    expected = np.load(parity / 'deeplab2_kmax_r50' /
-                       'reference_outputs_321.npz')
-    result = model(tf.constant(expected['input_image']), training=False)
-    close = np.isclose(result[outputs.MASK_LOGITS],
-                       expected['pixel_space_mask_logits'], rtol=1e-3,
-                       atol=1e-3).mean()
-    print(f'kMaX R50 with the converted DeepLab2 checkpoint: mask logits '
-          f'match DeepLab2 on {close:.2%} of elements')
+def _done(start, what):
+  print(f'   {what} ({time.perf_counter() - start:.0f} s)', flush=True)
+
+
+def main(argv=None):
+  args = _parse_args(argv)
+  work = pathlib.Path(args.work_dir).resolve()
+  data = work / 'data'
+  os.environ['SYNTHETIC_DATA'] = str(data)
+  # Imported after the arguments so --help is instant.
+  from deeplab2_kmax import export  # pylint: disable=import-outside-toplevel
+  from deeplab2_kmax import predict  # pylint: disable=import-outside-toplevel
+  from deeplab2_kmax import visualization  # pylint: disable=import-outside-toplevel
+  from deeplab2_kmax import visualize_clusters  # pylint: disable=import-outside-toplevel
+  from deeplab2_kmax.data import converters  # pylint: disable=import-outside-toplevel
+  from deeplab2_kmax.data import synthetic  # pylint: disable=import-outside-toplevel
+  from deeplab2_kmax.trainer import runner  # pylint: disable=import-outside-toplevel
+
+  total = time.perf_counter()
+  start = _step('1/5 synthetic data set (COCO panoptic format) -> TFRecords')
+  raw = data / 'raw'
+  if not (raw / 'annotations' / 'panoptic_val.json').exists():
+    synthetic.generate(raw, num_train=args.num_train, num_val=args.num_val,
+                       seed=args.seed, overwrite=True)
+  for split, shards in (('train', 4), ('val', 1)):
+    converters.convert(
+        'coco_panoptic', images_dir=raw / 'images' / split,
+        panoptic_json=raw / 'annotations' / f'panoptic_{split}.json',
+        panoptic_dir=raw / 'annotations' / f'panoptic_{split}',
+        output=data / split, num_shards=shards,
+        dataset='synthetic_panoptic', overwrite=True, progress=False)
+  _done(start, f'{raw} -> {data}/{{train,val}}-*.tfrecord')
+
+  start = _step(f'2/5 training {CONFIG.relative_to(ROOT)}')
+  model_dir = work / 'model'
+  overrides = []
+  if args.num_steps:
+    overrides.append(f'trainer_options.num_steps={args.num_steps}')
+  runner.run_experiment(config_file=CONFIG, model_dir=model_dir,
+                        mode='train', overrides=overrides,
+                        strategy='one_device', seed=args.seed)
+  _done(start, f'checkpoints and TensorBoard summaries in {model_dir}')
+
+  start = _step('3/5 evaluation on the held-out images')
+  result = runner.run_experiment(
+      config_file=CONFIG, model_dir=model_dir, mode='eval',
+      overrides=overrides, strategy='one_device', seed=args.seed)
+  metrics = {key.split('/', 1)[1].upper() if key.startswith('panoptic/')
+             else key: float(value) for key, value in result.items()}
+  summary = {'PQ': 100 * metrics['PQ'], 'PQ_thing': 100 * metrics['PQ_THING'],
+             'PQ_stuff': 100 * metrics['PQ_STUFF'],
+             'SQ': 100 * metrics['SQ'], 'RQ': 100 * metrics['RQ'],
+             'mIoU': 100 * metrics['semantic/miou'],
+             'mask_AP': 100 * metrics['instance/AP'],
+             'all': metrics}
+  runner.write_json(work / 'metrics.json', summary)
+  _done(start, f'PQ {summary["PQ"]:.1f} (things {summary["PQ_thing"]:.1f}, '
+        f'stuff {summary["PQ_stuff"]:.1f}), mIoU {summary["mIoU"]:.1f}, '
+        f'mask AP {summary["mask_AP"]:.1f} -> {work / "metrics.json"}')
+
+  start = _step('4/5 SavedModel export and inference')
+  saved_model = work / 'saved_model'
+  export.export(CONFIG, model_dir, saved_model, overwrite=True)
+  predictor = predict.Predictor.from_saved_model(saved_model)
+  images = sorted((raw / 'images' / 'val').glob('*.jpg'))[:8]
+  predictions = work / 'predictions'
+  shutil.rmtree(predictions, ignore_errors=True)
+  failures = predict.predict_files(predictor, images, predictions,
+                                   progress=False)
+  if failures:
+    raise SystemExit(f'inference failed on {failures}')
+  _done(start, f'{saved_model}; {len(images)} images -> {predictions}')
+
+  start = _step('5/5 the clustering view')
+  image = predict.read_image(images[0])
+  figure = visualize_clusters.cluster_picture(predictor, image)
+  visualization.save_png(work / 'clusters.png', figure)
+  _done(start, f'{work / "clusters.png"}: input, each kMaX layer\'s '
+        'pixel-to-center assignment, panoptic result')
+
+  print(f'\nDone in {time.perf_counter() - total:.0f} s. Outputs in {work}:')
+  for name in ('metrics.json', 'model', 'saved_model', 'predictions',
+               'clusters.png'):
+    print(f'  {work / name}')
+  return 0
 
 
 if __name__ == '__main__':
-  run_tiny_model()
-  check_deeplab2_import()
+  sys.exit(main())

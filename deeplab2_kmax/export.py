@@ -1,0 +1,273 @@
+r"""Exports a trained kMaX-DeepLab as a SavedModel (TensorFlow Serving ready).
+
+  python -m deeplab2_kmax.export \
+      --config_file=configs/coco/kmax_deeplab/kmax_r50_os32.textproto \
+      --checkpoint=/path/to/model_dir --output_dir=/path/to/export/1
+
+--checkpoint is a checkpoint prefix (`.../ckpt-300`), a model_dir (its latest
+checkpoint) or a DeepLab2 kMaX checkpoint (imported by key). The SavedModel
+holds a plain tf.Module (serving.py) whose signatures take a uint8 image of
+any size (serving_default), a batch of one size (serving_batch) or encoded
+image bytes (serving_bytes), preprocess it as the config's evaluation does
+and return panoptic / semantic / instance maps at the input size with a
+table of segments. It loads with `tf.saved_model.load` alone. TensorFlow
+Serving wants `<model_base_path>/<version>/saved_model.pb`, hence the `/1`.
+
+Beside saved_model.pb the exporter writes `assets.extra/dataset_info.json`
+(class names, colors, ids) and `assets.extra/export_info.json` (crop size,
+kMaX layer strides, ...), read by predict.py and visualize_clusters.py.
+
+Everything is written to a hidden temporary folder next to --output_dir and
+renamed into place when complete; a non-empty --output_dir is refused unless
+--overwrite is given.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import tensorflow as tf
+
+import deeplab2_kmax
+from deeplab2_kmax import config as config_lib
+from deeplab2_kmax import serving
+from deeplab2_kmax.checkpoints import deeplab2_import
+from deeplab2_kmax.checkpoints import initial_checkpoint
+from deeplab2_kmax.data import dataset_info as dataset_info_lib
+from deeplab2_kmax.evaluation import coco_format
+
+DATASET_INFO_FILE = os.path.join('assets.extra', 'dataset_info.json')
+EXPORT_INFO_FILE = os.path.join('assets.extra', 'export_info.json')
+
+# Errors a command line reports in one line (no traceback).
+USER_ERRORS = (config_lib.ConfigError, deeplab2_import.CheckpointMismatchError,
+               FileExistsError, ValueError)
+
+
+def restore_checkpoint(model, checkpoint):
+  """Loads `checkpoint` into `model`; returns the checkpoint prefix read.
+
+  Args:
+    model: a KMaXDeepLab (built here if needed).
+    checkpoint: a prefix, a folder (its latest checkpoint) or a DeepLab2
+      checkpoint prefix.
+
+  Raises:
+    CheckpointMismatchError: no checkpoint, an unreadable one, or one that
+      lacks weights of the model.
+  """
+  prefix = checkpoint
+  if tf.io.gfile.isdir(checkpoint):
+    prefix = tf.train.latest_checkpoint(checkpoint)
+    if prefix is None:
+      raise deeplab2_import.CheckpointMismatchError(
+          f'--checkpoint={checkpoint}: the folder holds no checkpoint (no '
+          '"checkpoint" file naming a ckpt-<step>); pass a checkpoint prefix '
+          'or a model_dir the trainer wrote')
+  try:
+    deeplab2_layout = initial_checkpoint.is_deeplab2_checkpoint(prefix)
+  except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
+    raise deeplab2_import.CheckpointMismatchError(
+        f'--checkpoint={prefix}: cannot read a TensorFlow checkpoint: '
+        f'{e}') from None
+  if deeplab2_layout:
+    deeplab2_kmax.load_deeplab2_checkpoint(model, prefix)
+    return prefix
+  deeplab2_import.ensure_built(model)
+  status = tf.train.Checkpoint(model=model).read(prefix)
+  try:
+    status.assert_existing_objects_matched()
+  except AssertionError as e:
+    raise deeplab2_import.CheckpointMismatchError(
+        f'--checkpoint={prefix}: the checkpoint does not match the model of '
+        f'the config: {e}') from None
+  status.expect_partial()  # the optimizer's slots are not needed
+  return prefix
+
+
+def build_serving_module(config_file, checkpoint, *,
+                         max_image_size=serving.DEFAULT_MAX_IMAGE_SIZE):
+  """(ServingModule, checkpoint prefix) of a config and a checkpoint."""
+  config = deeplab2_kmax.load_config(config_file)
+  options = serving.ServingOptions.from_config(config, max_image_size)
+  info = config_lib.dataset_info_for(config)
+  model = deeplab2_kmax.build_model(config)
+  prefix = restore_checkpoint(model, checkpoint)
+  return serving.ServingModule(model, info, options), prefix
+
+
+def check_output_dir(output_dir, overwrite):
+  """Raises FileExistsError for a file or a non-empty folder (no overwrite)."""
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise FileExistsError(f'--output_dir={output_dir} is a file; expected a '
+                          'folder (or a path that does not exist)')
+  if os.path.isdir(output_dir) and os.listdir(output_dir) and not overwrite:
+    raise FileExistsError(f'--output_dir={output_dir} exists and is not '
+                          'empty; pass --overwrite to replace it')
+
+
+def publish_dir(staging, output_dir, *, overwrite=False):
+  """Renames the complete folder `staging` to `output_dir`.
+
+  An existing `output_dir` is moved aside first (and deleted at the end) when
+  it is empty or `overwrite` is set, so a reader never sees a partial
+  folder; if the final rename fails the previous folder is put back.
+  """
+  check_output_dir(output_dir, overwrite)
+  if not os.path.exists(output_dir):
+    os.rename(staging, output_dir)
+    return
+  parent, base = os.path.split(os.path.abspath(output_dir))
+  trash = tempfile.mkdtemp(dir=parent, prefix=f'.{base}.old-')
+  previous = os.path.join(trash, base)
+  os.rename(output_dir, previous)
+  try:
+    os.rename(staging, output_dir)
+  except OSError:
+    os.rename(previous, output_dir)
+    raise
+  finally:
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def export_saved_model(module, output_dir, *, overwrite=False, **info):
+  """Saves `module` (a ServingModule) with its signatures and info files.
+
+  `info` is added to export_info.json (e.g. config_file, checkpoint).
+  Returns `output_dir`.
+  """
+  check_output_dir(output_dir, overwrite)
+  parent, base = os.path.split(os.path.abspath(output_dir))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(dir=parent, prefix=f'.{base}.tmp-')
+  os.chmod(staging, 0o755)  # mkdtemp's 0o700 would hide it from servers
+  try:
+    tf.saved_model.save(module, staging, signatures=module.signatures())
+    os.makedirs(os.path.join(staging, 'assets.extra'), exist_ok=True)
+    coco_format.write_json(
+        os.path.join(staging, DATASET_INFO_FILE),
+        dataset_info_json(module.dataset_info))
+    coco_format.write_json(
+        os.path.join(staging, EXPORT_INFO_FILE),
+        export_info_json(module, tensorflow_version=tf.__version__, **info))
+    publish_dir(staging, output_dir, overwrite=overwrite)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return output_dir
+
+
+def export(config_file, checkpoint, output_dir, *,
+           max_image_size=serving.DEFAULT_MAX_IMAGE_SIZE, overwrite=False):
+  """Builds, restores and exports; returns the checkpoint prefix used."""
+  check_output_dir(output_dir, overwrite)  # before the slow part
+  module, prefix = build_serving_module(config_file, checkpoint,
+                                        max_image_size=max_image_size)
+  config = deeplab2_kmax.load_config(config_file)
+  export_saved_model(module, output_dir, overwrite=overwrite,
+                     config_file=os.path.abspath(config_file),
+                     checkpoint=prefix,
+                     experiment_name=config.experiment_name)
+  return prefix
+
+
+# Files beside the SavedModel -------------------------------------------------
+def dataset_info_json(info):
+  """The data set's facts as written to DATASET_INFO_FILE."""
+  return {
+      'name': info.name, 'ignore_label': info.ignore_label,
+      'label_divisor': info.label_divisor,
+      'categories': [{'id': c.source_id, 'name': c.name,
+                      'isthing': int(c.is_thing), 'color': list(c.color),
+                      'semantic_id': c.semantic_id} for c in info.classes]}
+
+
+def export_info_json(module, **extra):
+  """The served function's facts as written to EXPORT_INFO_FILE."""
+  options = module.options
+  return {
+      'signatures': {name: serving.INPUT_NAMES[name]
+                     for name in serving.SIGNATURES},
+      'crop_size': list(options.crop_size),
+      'resize_longer_side': options.resize_longer_side,
+      'max_image_size': options.max_image_size,
+      'layer_strides': list(module.layer_strides),
+      'num_cluster_centers': module.num_centers,
+      **extra}
+
+
+def _read_json(saved_model_dir, name):
+  path = os.path.join(saved_model_dir, name)
+  try:
+    with open(path, encoding='utf-8') as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path}: cannot read the file the exporter writes '
+                     f'beside a SavedModel: {e}') from None
+
+
+def read_dataset_info(saved_model_dir):
+  """DatasetInfo stored beside an exported SavedModel."""
+  data = _read_json(saved_model_dir, DATASET_INFO_FILE)
+  path = os.path.join(saved_model_dir, DATASET_INFO_FILE)
+  try:
+    classes = tuple(
+        dataset_info_lib.ClassInfo(
+            semantic_id=int(c['semantic_id']), name=str(c['name']),
+            is_thing=bool(c['isthing']),
+            color=tuple(int(v) for v in c['color']),
+            source_id=int(c['id']))
+        for c in data['categories'])
+    return dataset_info_lib.DatasetInfo(
+        name=data['name'], classes=tuple(sorted(
+            classes, key=lambda c: c.semantic_id)),
+        ignore_label=int(data['ignore_label']),
+        label_divisor=int(data['label_divisor']))
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f'{path}: malformed dataset info ({type(e).__name__}: '
+                     f'{e}); expected name, ignore_label, label_divisor and '
+                     'categories with id, name, isthing, color, '
+                     'semantic_id') from None
+
+
+def read_export_info(saved_model_dir):
+  """The dict of EXPORT_INFO_FILE (crop_size, layer_strides, ...)."""
+  return _read_json(saved_model_dir, EXPORT_INFO_FILE)
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(
+      prog='python -m deeplab2_kmax.export',
+      description='Exports a kMaX-DeepLab checkpoint as a SavedModel.')
+  parser.add_argument('--config_file', required=True,
+                      help='Experiment textproto of the model.')
+  parser.add_argument('--checkpoint', required=True,
+                      help='Checkpoint prefix, model_dir (latest checkpoint) '
+                      'or DeepLab2 checkpoint prefix.')
+  parser.add_argument('--output_dir', required=True,
+                      help='Folder to write the SavedModel to.')
+  parser.add_argument('--max_image_size', type=int,
+                      default=serving.DEFAULT_MAX_IMAGE_SIZE,
+                      help='Longest image side the served model accepts.')
+  parser.add_argument('--overwrite', action='store_true',
+                      help='Replace a non-empty --output_dir.')
+  return parser.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  try:
+    prefix = export(args.config_file, args.checkpoint, args.output_dir,
+                    max_image_size=args.max_image_size,
+                    overwrite=args.overwrite)
+  except USER_ERRORS as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  print(f'exported {prefix} to {args.output_dir} (signatures: '
+        f'{", ".join(serving.SIGNATURES)})')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,55 @@
+"""The cluster-visualization command line."""
+import numpy as np
+from PIL import Image
+import pytest
+
+from deeplab2_kmax import export
+from deeplab2_kmax import visualization
+from deeplab2_kmax import visualize_clusters
+from tests import test_export
+
+
+@pytest.fixture(scope='module')
+def exported(tmp_path_factory):
+  return test_export.shared_export(tmp_path_factory)
+
+
+@pytest.fixture
+def image_path(tmp_path):
+  path = tmp_path / 'photo.png'
+  Image.fromarray(test_export.make_image(seed=3)).save(path)
+  return path
+
+
+def _read(path):
+  with Image.open(path) as image:
+    return np.asarray(image)
+
+
+@pytest.mark.slow
+def test_figure_shows_each_layer_assignment_and_the_panoptic_result(
+    exported, image_path, tmp_path):
+  output = tmp_path / 'figures' / 'clusters.png'
+  assert visualize_clusters.main([
+      f'--saved_model={exported.saved_model}', f'--image={image_path}',
+      f'--output={output}', '--panel_size=128']) == 0
+  figure = _read(output)
+  image = test_export.make_image(seed=3)
+  served = exported.serve(image)
+  expected = visualization.cluster_figure(
+      image, served['cluster_assignments'], served['panoptic'],
+      export.read_dataset_info(exported.saved_model),
+      layer_strides=(32, 16, 8), num_centers=16, panel_size=128)
+  np.testing.assert_array_equal(figure, expected)
+  # Five panels (input, three layers, panoptic), four per row: two rows.
+  assert figure.shape[1] > 4 * 128 and figure.shape[0] > 2 * 107
+
+
+def test_unreadable_image_is_reported_by_name(tmp_path, capsys):
+  (tmp_path / 'bad.jpg').write_bytes(b'\xff\xd8\xff truncated')
+  assert visualize_clusters.main([
+      f'--saved_model={tmp_path}', f'--image={tmp_path / "bad.jpg"}',
+      f'--output={tmp_path / "out.png"}']) == 1
+  assert f'{tmp_path / "bad.jpg"}: cannot read the image' in (
+      capsys.readouterr().err)
+  assert not (tmp_path / 'out.png').exists()
