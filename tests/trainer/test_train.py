@@ -166,11 +166,10 @@ assert worst < 1e-4, worst
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason='KNOWN FAILURE, open in issue #4: the two-replica '
-                  'run trains (and traces in ~1.5 min since the '
-                  'linear-time synchronized batch norm) but its weights '
-                  'differ from one device by more than the tolerance; not '
-                  'yet diagnosed')
+@pytest.mark.skip(reason='KNOWN FAILURE, open in issue #4: fails in CI; the '
+                  'two-replica run trains by itself (traced in ~1.5 min '
+                  'with the linear-time synchronized batch norm); the cause '
+                  'is not yet diagnosed')
 def test_mirrored_on_two_cpus_matches_one_device(synthetic_env, tmp_path):
   _python(_MIRRORED_SCRIPT, tmp_path)
 
