@@ -73,6 +73,7 @@ def build_model(config):
       info.num_semantic_channels, use_decoder=semantic.use_decoder,
       aspp_channels=semantic.aspp_channels,
       atrous_rates=tuple(semantic.atrous_rates) or (6, 12, 18),
+      aspp_dropout=semantic.aspp_dropout,
       low_level=[semantic_head.LowLevelSkip(s.stride, s.channels)
                  for s in semantic.low_level],
       decoder_channels=semantic.decoder_channels,

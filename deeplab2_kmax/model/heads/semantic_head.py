@@ -63,13 +63,15 @@ class SemanticHead(keras.layers.Layer):
   """{stride: backbone feature (non-activated)} -> semantic logits."""
 
   def __init__(self, num_classes, use_decoder=True, aspp_channels=256,
-               atrous_rates=(6, 12, 18), low_level=(), decoder_channels=256,
-               head_channels=256, backbone_activation='relu', **kwargs):
+               atrous_rates=(6, 12, 18), aspp_dropout=0.1, low_level=(),
+               decoder_channels=256, head_channels=256,
+               backbone_activation='relu', **kwargs):
     super().__init__(**kwargs)
     self.num_classes = num_classes
     self.use_decoder = use_decoder
     self.aspp_channels = aspp_channels
     self.atrous_rates = tuple(atrous_rates)
+    self.aspp_dropout = aspp_dropout
     self.low_level = [s if isinstance(s, LowLevelSkip) else LowLevelSkip(**s)
                       for s in low_level]
     self.decoder_channels = decoder_channels
@@ -77,7 +79,8 @@ class SemanticHead(keras.layers.Layer):
     self.backbone_activation = backbone_activation
     self._backbone_act = conv_bn.get_activation(backbone_activation)
     if use_decoder:
-      self.aspp = ASPP(aspp_channels, atrous_rates, name='aspp')
+      self.aspp = ASPP(aspp_channels, atrous_rates, dropout=aspp_dropout,
+                       name='aspp')
       self.low_level_convs = [
           conv_bn.ConvBN(skip.channels, 1, activation='gelu',
                          name=f'low_level_conv{i + 1}')
@@ -111,6 +114,7 @@ class SemanticHead(keras.layers.Layer):
             'use_decoder': self.use_decoder,
             'aspp_channels': self.aspp_channels,
             'atrous_rates': self.atrous_rates,
+            'aspp_dropout': self.aspp_dropout,
             'low_level': [dataclasses.asdict(s) for s in self.low_level],
             'decoder_channels': self.decoder_channels,
             'head_channels': self.head_channels,

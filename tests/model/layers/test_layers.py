@@ -11,6 +11,7 @@ from deeplab2_kmax.model.layers import grouped_batch_norm
 from deeplab2_kmax.model.layers import resize
 from deeplab2_kmax.model.layers import residual_blocks
 from deeplab2_kmax.model.layers import resized_fuse
+from deeplab2_kmax.trainer import runner
 
 _EPSILON = conv_bn.BN_EPSILON
 
@@ -304,6 +305,23 @@ def test_drop_path_zeros_or_scales_whole_samples():
   scaled = np.all(np.isclose(y, x.numpy() / keep), axis=(1, 2, 3))
   assert np.all(dropped ^ scaled)  # Each sample is one or the other.
   assert dropped.any() and scaled.any()  # Fails with probability 2**-63.
+
+
+def test_drop_path_stream_continues_from_a_checkpoint(tmp_path):
+  # Its random state is a layer variable that the trainer checkpoints
+  # (runner.random_states): restored, it draws what it would have drawn.
+  layer = drop_path.DropPath(0.5)
+  x = tf.ones([64, 1])
+  layer(x, training=True)
+  states = runner.random_states(layer)
+  assert len(states) == 1
+  prefix = tf.train.Checkpoint(random_states=states).write(
+      str(tmp_path / 'ckpt'))
+  expected = [layer(x, training=True).numpy() for _ in range(2)]
+  assert not np.array_equal(*expected)  # a new draw per call
+  tf.train.Checkpoint(random_states=states).read(prefix).assert_consumed()
+  for value in expected:
+    np.testing.assert_array_equal(layer(x, training=True).numpy(), value)
 
 
 @pytest.mark.parametrize('keep_prob', [0.0, -0.1, 1.5])
