@@ -53,6 +53,11 @@ setuptools.setup(
         'pycocotools>=2.0.7,<3',
         'tensorflow-datasets>=4.9,<5',
         'Pillow>=10,<14',
+        # Fast PNG decoders of the COCO panoptic evaluation (it falls back to
+        # Pillow without them): libspng, fastest in one thread, and OpenCV,
+        # which decodes without the GIL (threads).
+        'pyspng>=0.1.2,<0.2',
+        'opencv-python-headless>=4.8,<6',
         'tqdm>=4.60,<5',
     ],
     # Test-only references of the evaluation (tests/evaluation skip without

@@ -8,19 +8,23 @@ re-classed or merged and false positives added; segment ids are random
 24-bit colors), then times, in this one process:
 
   official      panopticapi `pq_compute`, its pool replaced by the single
-                core function it runs (`pq_compute_single_core`)
-  ours          `coco_format.evaluate_folders`, one thread
-  ours_threads  the same with --threads threads
-  png_decode    only decoding the PNGs (both sides) with PIL, the floor of
-                any evaluation of the folders
+                core function it runs (`pq_compute_single_core`; it decodes
+                with Pillow)
+  ours          `coco_format.evaluate_folders` with each installed PNG
+                decoder (pyspng, opencv, pillow) on 1 and on --threads
+                threads; `ours_default` is its default configuration
+                (the first installed decoder) on --threads threads
+  png_decode    only reading the PNGs (both sides) into ids with each
+                decoder, one thread: the floor of an evaluation of the
+                folders
   official_mem / ours_mem   the first --memory_images images with their PNGs
                 decoded (by PIL) beforehand: the evaluation work alone
 
-Each time is the best of --repeats runs. The script checks that ours gives
-the official numbers (PQ / SQ / RQ of All, Things, Stuff and every class,
-within 1e-9) and prints one JSON object.
+Each time is the best of --repeats runs; every run decodes every PNG. The
+script checks that ours gives the official numbers (PQ / SQ / RQ of All,
+Things, Stuff and every class, within 1e-9) and prints one JSON object.
 
-  python scripts/benchmark_eval.py --num_images=500
+  python scripts/benchmark_eval.py --num_images=500 --threads=2
 """
 import argparse
 import contextlib
@@ -46,7 +50,8 @@ def _parse_args(argv=None):
   parser.add_argument('--width', type=int, default=640)
   parser.add_argument('--things', type=int, default=14,
                       help='thing segments per image (plus ~7 stuff)')
-  parser.add_argument('--threads', type=int, default=os.cpu_count() or 1)
+  parser.add_argument('--threads', type=int, default=os.cpu_count() or 1,
+                      help='threads of the threaded runs of ours')
   parser.add_argument('--memory_images', type=int, default=100)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--repeats', type=int, default=3,
@@ -179,11 +184,11 @@ def _official(folder):
         os.path.join(folder, 'gt'), os.path.join(folder, 'pred'))
 
 
-def _ours(folder, threads):
+def _ours(folder, threads, decoder):
   return coco_format.evaluate_folders(
       os.path.join(folder, 'gt.json'), os.path.join(folder, 'gt'),
       os.path.join(folder, 'pred.json'), os.path.join(folder, 'pred'),
-      num_threads=threads).result()
+      num_threads=threads, png_decoder=decoder).result()
 
 
 def _max_difference(ours, official):
@@ -230,21 +235,43 @@ def _in_memory(folder, args):
     def open(path):
       return cache[path]
 
-  def cached_ids(path, where):
+  def cached_ids(path, where, unused_decoder):
     return coco_format.image_to_ids(cache[path], where)
 
   with mock.patch.object(evaluation, 'Image', CachedImage):
     official, official_s = _timed(_official, subset, repeats=args.repeats)
   with mock.patch.object(coco_format, 'read_id_png', cached_ids):
-    ours, ours_s = _timed(_ours, subset, 1, repeats=args.repeats)
+    ours, ours_s = _timed(_ours, subset, 1, None, repeats=args.repeats)
   return official, official_s, ours, ours_s
+
+
+def _decode_all(folder, anns, decoder):
+  """Reads every PNG of both sides into ids, in one thread."""
+  for side in anns:
+    for ann in anns[side]:
+      coco_format.read_id_png(os.path.join(folder, side, ann['file_name']),
+                              'benchmark', decoder)
+
+
+def _rounded(value):
+  """`value` with its floats (also inside lists and dicts) to 4 decimals."""
+  if isinstance(value, float):
+    return round(value, 4)
+  if isinstance(value, dict):
+    return {k: _rounded(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_rounded(v) for v in value]
+  return value
 
 
 def main(argv=None):
   args = _parse_args(argv)
+  decoders = coco_format.available_png_decoders()
+  default = {'threads': args.threads, 'decoder': decoders[0]}
   report = {'num_images': args.num_images,
             'size': f'{args.width}x{args.height}', 'cpus': os.cpu_count(),
-            'threads': args.threads}
+            'load_average': os.getloadavg(), 'decoders': decoders}
+  results = []
   with tempfile.TemporaryDirectory(prefix='benchmark_eval_') as folder:
     anns, report['generate_s'] = _timed(generate, folder, args)
     report['segments_per_image'] = {
@@ -252,24 +279,32 @@ def main(argv=None):
         for side in anns}
     official, report['official_s'] = _timed(_official, folder,
                                             repeats=args.repeats)
-    ours, report['ours_s'] = _timed(_ours, folder, 1, repeats=args.repeats)
-    threaded, report['ours_threads_s'] = _timed(
-        _ours, folder, args.threads, repeats=args.repeats)
-    _, report['png_decode_s'] = _timed(lambda: [
-        Image.open(os.path.join(folder, side, a['file_name'])).load()
-        for side in anns for a in anns[side]], repeats=args.repeats)
+    report['ours'] = []
+    for decoder in decoders:
+      for threads in sorted({1, args.threads}):
+        result, seconds = _timed(_ours, folder, threads, decoder,
+                                 repeats=args.repeats)
+        results.append(result)
+        report['ours'].append({
+            'threads': threads, 'decoder': decoder, 'seconds': seconds,
+            'speedup': report['official_s'] / seconds})
+    report['ours_default'] = next(
+        run for run in report['ours']
+        if run['threads'] == default['threads'] and
+        run['decoder'] == default['decoder'])
+    report['png_decode_s'] = {
+        decoder: _timed(_decode_all, folder, anns, decoder,
+                        repeats=args.repeats)[1] for decoder in decoders}
     memory = _in_memory(folder, args)
-  report['max_abs_difference'] = max(_max_difference(ours, official),
-                                     _max_difference(threaded, official),
-                                     _max_difference(memory[2], memory[0]))
+  report['max_abs_difference'] = max(
+      [_max_difference(memory[2], memory[0])] +
+      [_max_difference(result, official) for result in results])
   report['memory_images'] = args.memory_images
   report['official_mem_s'], report['ours_mem_s'] = memory[1], memory[3]
-  report['speedup'] = report['official_s'] / report['ours_s']
-  report['speedup_threads'] = report['official_s'] / report['ours_threads_s']
   report['speedup_mem'] = memory[1] / memory[3]
-  report['pq'] = ours['All']['pq']
-  print(json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                    for k, v in report.items()}, indent=1))
+  report['pq'] = official['All']['pq']
+  report['load_average_after'] = os.getloadavg()
+  print(json.dumps(_rounded(report), indent=1))
   if report['max_abs_difference'] > 1e-9:
     print('numbers differ from the official ones', file=sys.stderr)
     return 1

@@ -15,6 +15,9 @@ a prediction for every GT image, a readable PNG for every annotation, every
 non-zero id of a predicted PNG listed in its `segments_info`, every listed
 segment present in the PNG, known category ids, and equal GT / prediction
 sizes; besides malformed JSON, duplicate ids and segment id 0 in a list.
+Decoding the PNGs is most of its time: it uses libspng (pyspng) or OpenCV
+where installed (the same pixels as Pillow, faster; see `PNG_DECODERS`)
+and evaluates images in a pool of threads.
 
 `PanopticFolderWriter` writes labels `semantic_id * label_divisor +
 instance_id` as such a folder: segment id = label + 1 (0 = void), category
@@ -22,14 +25,14 @@ id = the class's source id, crowd = a thing label with instance id 0 (ground
 truth only). Files are written to a temporary name, then renamed.
 """
 import concurrent.futures
-import contextlib
+import io
 import json
 import os
-import tempfile
 
 import numpy as np
 from PIL import Image
 
+from deeplab2_kmax import io_utils
 from deeplab2_kmax.evaluation import panoptic_quality
 
 MAX_ID = (1 << 24) - 1  # ids fit 24 bits of RGB
@@ -40,15 +43,85 @@ class CocoFormatError(ValueError):
 
 
 # PNG ids -------------------------------------------------------------------
-def read_id_png(path, where):
-  """int32 [H, W] segment ids of an RGB(A) PNG; `where` prefixes errors."""
+# Decoders of 8-bit RGB(A) PNGs, all giving Pillow's pixels, fastest first
+# (1,000 COCO-sized PNGs to ids in one thread: pyspng 2.2 s, OpenCV 3.0 s,
+# Pillow 3.5 s; docs/benchmarks.md). Decoding is most of the time of an
+# evaluation. libspng (pyspng) holds the GIL, so threads overlap only the
+# rest of the work; OpenCV and Pillow release it, so they can be faster
+# with several free cores.
+try:
+  import pyspng
+except ImportError:  # optional: OpenCV or Pillow decode instead (slower)
+  pyspng = None
+try:
+  import cv2
+except ImportError:
+  cv2 = None
+
+PNG_DECODERS = ('pyspng', 'opencv', 'pillow')
+_PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+def available_png_decoders():
+  """The names of PNG_DECODERS whose package is installed, fastest first."""
+  return tuple(name for name, module in zip(PNG_DECODERS,
+                                            (pyspng, cv2, True)) if module)
+
+
+def _checked_png_decoder(decoder):
+  """`decoder`, default the fastest installed one; ValueError if missing."""
+  available = available_png_decoders()
+  decoder = decoder or available[0]
+  if decoder not in available:
+    raise ValueError(f'PNG decoder {decoder!r} is not installed; available: '
+                     f'{available}')
+  return decoder
+
+
+def _is_8bit_rgb_png(data):
+  """Whether the IHDR of PNG bytes says 8-bit RGB or RGBA (color type 2, 6).
+
+  Other PNGs (grey, palette, 16-bit) and non-PNGs go to Pillow, whose modes
+  give the messages of `image_to_ids`.
+  """
+  return (len(data) >= 26 and data.startswith(_PNG_SIGNATURE) and
+          data[12:16] == b'IHDR' and data[24] == 8 and data[25] in (2, 6))
+
+
+def _decode_rgba(data, decoder):
+  """uint8 [H, W, 4] RGBA pixels of 8-bit RGB(A) PNG bytes (OSError if bad)."""
+  if decoder == 'pyspng':
+    try:
+      return pyspng.load(data, 'RGBA')
+    except RuntimeError as e:
+      raise OSError(str(e)) from None
+  bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  if bgr is None:
+    raise OSError('OpenCV cannot decode it')
+  return cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGBA if bgr.shape[2] == 4 else
+                      cv2.COLOR_BGR2RGBA)
+
+
+def read_id_png(path, where, decoder=None):
+  """int32 [H, W] segment ids of an RGB(A) PNG; `where` prefixes errors.
+
+  `decoder`: one of `available_png_decoders()`, default the first.
+  """
+  decoder = _checked_png_decoder(decoder)
   if not os.path.isfile(path):
     raise CocoFormatError(f'{where}: PNG {path} does not exist')
   try:
-    with Image.open(path) as image:
-      return image_to_ids(image, f'{where}: PNG {path}')
+    with open(path, 'rb') as f:
+      data = f.read()
+    if decoder == 'pillow' or not _is_8bit_rgb_png(data):
+      with Image.open(io.BytesIO(data)) as image:
+        return image_to_ids(image, f'{where}: PNG {path}')
+    rgba = _decode_rgba(data, decoder)
   except OSError as e:
     raise CocoFormatError(f'{where}: cannot read PNG {path}: {e}') from None
+  ids = rgba.view('<u4')[..., 0]  # [H, W] R + 256 G + 65536 B + 2^24 A
+  ids &= np.uint32(MAX_ID)
+  return ids.view(np.int32)
 
 
 def image_to_ids(image, where):
@@ -78,32 +151,14 @@ def write_id_png(path, ids):
                      f'shape {ids.shape}')
   height, width = ids.shape
   raw = np.ascontiguousarray(ids, '<u4').tobytes()  # bytes R, G, B, 0
-  with _replacing(path, 'wb') as f:
+  with io_utils.replacing(path, 'wb') as f:
     Image.frombytes('RGB', (width, height), raw, 'raw',
                     'RGBX').save(f, format='PNG')
 
 
 def write_json(path, data):
   """Writes `data` as JSON (temporary file, then rename)."""
-  with _replacing(path, 'w') as f:
-    json.dump(data, f)
-
-
-@contextlib.contextmanager
-def _replacing(path, mode):
-  """A temporary file beside `path`, renamed to `path` on success."""
-  folder = os.path.dirname(os.path.abspath(path))
-  f = tempfile.NamedTemporaryFile(
-      mode, dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp',
-      delete=False, encoding=None if 'b' in mode else 'utf-8')
-  try:
-    with f:
-      yield f
-    os.chmod(f.name, 0o644)
-    os.replace(f.name, path)
-  except BaseException:
-    os.remove(f.name)
-    raise
+  io_utils.write_json(path, data)
 
 
 # JSON ----------------------------------------------------------------------
@@ -202,14 +257,16 @@ def _describe(ids, pair_ids, count):
 
 
 def folder_image_stats(metric, gt_ann, gt_dir, pred_ann, pred_dir, *,
-                       gt_json='ground truth', pred_json='prediction'):
+                       gt_json='ground truth', pred_json='prediction',
+                       png_decoder=None):
   """PQStats of one image of COCO panoptic folders (checks its files)."""
   image_id = gt_ann['image_id']
   gt_where = f'{gt_json}: image {image_id!r}'
   pred_where = f'{pred_json}: image {image_id!r}'
-  gt_map = read_id_png(os.path.join(gt_dir, gt_ann['file_name']), gt_where)
+  gt_map = read_id_png(os.path.join(gt_dir, gt_ann['file_name']), gt_where,
+                       png_decoder)
   pred_path = os.path.join(pred_dir, pred_ann['file_name'])
-  pred_map = read_id_png(pred_path, pred_where)
+  pred_map = read_id_png(pred_path, pred_where, png_decoder)
   if gt_map.shape != pred_map.shape:
     raise CocoFormatError(f'{pred_where}: PNG {pred_path} is '
                           f'{pred_map.shape[1]}x{pred_map.shape[0]} (WxH), '
@@ -228,22 +285,25 @@ def folder_image_stats(metric, gt_ann, gt_dir, pred_ann, pred_dir, *,
         f'{pred_segments[j]["category_id"]}, which is not a category of '
         f'the ground truth ({gt_json})')
 
-  pair_gt, pair_pred, count = panoptic_quality.pair_areas(gt_map, pred_map)
-  present = np.unique(pair_pred)
-  unlisted = np.setdiff1d(present, np.append(pred_ids, 0))
-  if unlisted.size:
+  # Segment ids -> rows / columns of the intersection matrix, per run of
+  # equal (GT, predicted) pixels rather than per pixel.
+  run_gt, run_pred, length = panoptic_quality.pixel_runs(gt_map, pred_map)
+  col = panoptic_quality.segment_index(run_pred, pred_ids, 0)  # [R]
+  unlisted = col > len(pred_ids)  # [R]
+  if np.any(unlisted):
     raise CocoFormatError(
         f'{pred_where}: PNG {pred_path} has segment ids not listed in '
-        f'segments_info: {_describe(unlisted, pair_pred, count)}')
-  absent = np.setdiff1d(pred_ids, present)
+        f'segments_info: '
+        f'{_describe(np.unique(run_pred[unlisted]), run_pred, length)}')
+  row = panoptic_quality.segment_index(run_gt, gt_ids, 0)  # [R]
+  matrix = panoptic_quality.count_pairs(
+      row, col, length, (len(gt_ids) + 2, len(pred_ids) + 1))
+  absent = pred_ids[matrix[:, 1:].sum(axis=0) == 0]
   if absent.size:
     raise CocoFormatError(
         f'{pred_where}: segments_info lists segment ids {absent.tolist()} '
         f'that do not occur in PNG {pred_path}')
 
-  matrix = panoptic_quality.intersection_matrix(
-      pair_gt, pair_pred, count, gt_segments=gt_ids, pred_segments=pred_ids,
-      gt_void=0, pred_void=0)  # [G + 2, P + 1]
   area = matrix[1:len(gt_ids) + 1].sum(axis=1)  # [G]
   gt_area = np.array([s.get('area', a) for s, a in zip(gt_segments, area)])
   return panoptic_quality.image_stats(
@@ -256,13 +316,17 @@ def folder_image_stats(metric, gt_ann, gt_dir, pred_ann, pred_dir, *,
       gt_area=gt_area if gt_area.size else None)
 
 
-def evaluate_folders(gt_json, gt_dir, pred_json, pred_dir, *, num_threads=1):
+def evaluate_folders(gt_json, gt_dir, pred_json, pred_dir, *,
+                     num_threads=None, png_decoder=None):
   """PanopticQuality of COCO panoptic prediction vs ground-truth folders.
 
   Categories come from the GT JSON; predictions for images that are not in
-  the ground truth are ignored (as officially). `num_threads` > 1 reads and
-  evaluates images in parallel (PNG decoding dominates).
+  the ground truth are ignored (as officially). `num_threads` images are
+  read and evaluated at a time (default os.cpu_count()). `png_decoder`: one
+  of `available_png_decoders()`, default the first (see PNG_DECODERS).
   """
+  num_threads = num_threads or os.cpu_count() or 1
+  png_decoder = _checked_png_decoder(png_decoder)
   for folder, what in ((gt_dir, 'ground-truth'), (pred_dir, 'prediction')):
     if not os.path.isdir(folder):
       raise CocoFormatError(f'{folder}: the {what} PNG folder does not exist')
@@ -279,7 +343,8 @@ def evaluate_folders(gt_json, gt_dir, pred_json, pred_dir, *, num_threads=1):
 
   def one(pair):
     return folder_image_stats(metric, pair[0], gt_dir, pair[1], pred_dir,
-                              gt_json=gt_json, pred_json=pred_json)
+                              gt_json=gt_json, pred_json=pred_json,
+                              png_decoder=png_decoder)
 
   if num_threads > 1:
     with concurrent.futures.ThreadPoolExecutor(num_threads) as pool:

@@ -26,6 +26,44 @@ def test_id_png_round_trip(tmp_path):
     coco_format.write_id_png(path, ids[None])
 
 
+@pytest.mark.parametrize('decoder', coco_format.available_png_decoders())
+def test_png_decoders_give_pillows_ids(tmp_path, decoder):
+  rng = np.random.default_rng(0)
+  rgb = rng.integers(0, 256, [5, 7, 3], dtype=np.uint8)
+  rgba = np.concatenate([rgb, rng.integers(0, 256, [5, 7, 1], np.uint8)], -1)
+  for name, pixels, mode in (('rgb', rgb, 'RGB'), ('rgba', rgba, 'RGBA')):
+    path = str(tmp_path / f'{name}.png')
+    Image.fromarray(pixels, mode).save(path)
+    expected = rgb[..., 0] + 256 * rgb[..., 1].astype(np.int64) + (
+        65536 * rgb[..., 2].astype(np.int64))
+    ids = coco_format.read_id_png(path, 'x', decoder)
+    assert ids.dtype == np.int32
+    np.testing.assert_array_equal(ids, expected)
+  # A PNG cut short is an error with the usual message, for every decoder.
+  with open(path, 'rb') as f:
+    data = f.read()
+  with open(path, 'wb') as f:
+    f.write(data[:60])
+  with pytest.raises(coco_format.CocoFormatError, match='cannot read PNG'):
+    coco_format.read_id_png(path, 'x', decoder)
+
+
+def test_png_decoder_choice(monkeypatch, tmp_path):
+  assert coco_format.available_png_decoders()[-1] == 'pillow'
+  with pytest.raises(ValueError, match="PNG decoder 'jpeg' is not installed"):
+    coco_format.read_id_png('a.png', 'x', 'jpeg')
+  # Without pyspng and OpenCV, Pillow decodes everything.
+  monkeypatch.setattr(coco_format, 'pyspng', None)
+  monkeypatch.setattr(coco_format, 'cv2', None)
+  assert coco_format.available_png_decoders() == ('pillow',)
+  path = str(tmp_path / 'a.png')
+  coco_format.write_id_png(path, [[1, 256], [65536, 0]])
+  np.testing.assert_array_equal(coco_format.read_id_png(path, 'x'),
+                                [[1, 256], [65536, 0]])
+  with pytest.raises(ValueError, match="'pyspng' is not installed"):
+    coco_format.read_id_png(path, 'x', 'pyspng')
+
+
 def test_segments_from_panoptic():
   ids, segments = coco_format.segments_from_panoptic(GT, INFO,
                                                      groundtruth=True)
@@ -67,8 +105,10 @@ def _edit_json(path, edit):
     json.dump(data, f)
 
 
-def test_valid_folders_evaluate(folders):
-  metric = coco_format.evaluate_folders(*folders, num_threads=2)
+@pytest.mark.parametrize('decoder', coco_format.available_png_decoders())
+def test_valid_folders_evaluate(folders, decoder):
+  metric = coco_format.evaluate_folders(*folders, num_threads=2,
+                                        png_decoder=decoder)
   assert metric.result()['per_class'][4]['pq'] == 1.0
   with open(folders[2], encoding='utf-8') as f:
     assert json.load(f)['annotations'][1]['segments_info'][0]['score'] == 0.5

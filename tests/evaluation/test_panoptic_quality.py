@@ -150,6 +150,27 @@ def test_pair_areas_and_intersection_matrix():
   assert all(a.size == 0 for a in empty)
 
 
+def test_pixel_runs_and_segment_index():
+  gt = np.array([[5, 5, 0], [0, 9, 9]], np.uint32)
+  pred = np.array([[3, 3, 3], [3, 3, 4]], np.uint32)
+  run_gt, run_pred, length = panoptic_quality.pixel_runs(gt, pred)
+  # Runs continue across row ends (row-major order).
+  assert list(zip(run_gt, run_pred, length)) == [
+      (5, 3, 2), (0, 3, 2), (9, 3, 1), (9, 4, 1)]
+  assert run_gt.dtype == np.uint32 and length.dtype == np.int64
+  np.testing.assert_array_equal(
+      panoptic_quality.segment_index(run_gt, [9, 5], 0), [2, 0, 1, 1])
+  np.testing.assert_array_equal(  # 7 is neither void nor listed: S + 1
+      panoptic_quality.segment_index([7, 0, 3], [3], 0), [2, 0, 1])
+  np.testing.assert_array_equal(
+      panoptic_quality.segment_index([7, 0], [], 0), [1, 0])
+  np.testing.assert_array_equal(
+      panoptic_quality.count_pairs([0, 1, 0], [1, 0, 1], [2, 5, 3], (2, 2)),
+      [[0, 5], [5, 0]])
+  empty = panoptic_quality.pixel_runs(np.zeros([0, 3]), np.zeros([0, 3]))
+  assert all(a.size == 0 for a in empty)
+
+
 def test_errors():
   metric = panoptic_quality.PanopticQuality.from_dataset_info(SYNTHETIC)
   with pytest.raises(ValueError, match=r'predicted labels \[1793\]'):
