@@ -47,44 +47,11 @@ USER_ERRORS = (config_lib.ConfigError, deeplab2_import.CheckpointMismatchError,
 
 
 def restore_checkpoint(model, checkpoint):
-  """Loads `checkpoint` into `model`; returns the checkpoint prefix read.
-
-  Args:
-    model: a KMaXDeepLab (built here if needed).
-    checkpoint: a prefix, a folder (its latest checkpoint) or a DeepLab2
-      checkpoint prefix.
-
-  Raises:
-    CheckpointMismatchError: no checkpoint, an unreadable one, or one that
-      lacks weights of the model.
-  """
-  prefix = checkpoint
-  if tf.io.gfile.isdir(checkpoint):
-    prefix = tf.train.latest_checkpoint(checkpoint)
-    if prefix is None:
-      raise deeplab2_import.CheckpointMismatchError(
-          f'--checkpoint={checkpoint}: the folder holds no checkpoint (no '
-          '"checkpoint" file naming a ckpt-<step>); pass a checkpoint prefix '
-          'or a model_dir the trainer wrote')
-  try:
-    deeplab2_layout = initial_checkpoint.is_deeplab2_checkpoint(prefix)
-  except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
-    raise deeplab2_import.CheckpointMismatchError(
-        f'--checkpoint={prefix}: cannot read a TensorFlow checkpoint: '
-        f'{e}') from None
-  if deeplab2_layout:
-    deeplab2_kmax.load_deeplab2_checkpoint(model, prefix)
-    return prefix
-  deeplab2_import.ensure_built(model)
-  status = tf.train.Checkpoint(model=model).read(prefix)
-  try:
-    status.assert_existing_objects_matched()
-  except AssertionError as e:
-    raise deeplab2_import.CheckpointMismatchError(
-        f'--checkpoint={prefix}: the checkpoint does not match the model of '
-        f'the config: {e}') from None
-  status.expect_partial()  # the optimizer's slots are not needed
-  return prefix
+  """Loads `checkpoint` (a prefix, a trainer's model_dir or a DeepLab2
+  checkpoint) into `model`; returns the prefix read. See
+  `initial_checkpoint.restore_model`."""
+  return initial_checkpoint.restore_model(model, checkpoint,
+                                          where=f'--checkpoint={checkpoint}')
 
 
 def build_serving_module(config_file, checkpoint, *,

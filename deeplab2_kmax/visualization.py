@@ -17,8 +17,6 @@
 * `save_png`: writes an RGB array to a temporary name, then renames it.
 """
 import colorsys
-import os
-import tempfile
 
 import numpy as np
 from PIL import Image
@@ -26,6 +24,8 @@ from PIL import ImageDraw
 from PIL import ImageFont
 from scipy import ndimage
 import tensorflow as tf
+
+from deeplab2_kmax import io_utils
 
 # Thing instance k is brightened by ((k * _JITTER_MULTIPLIER) % _JITTER_LEVELS
 # - _JITTER_LEVELS // 2) * _JITTER_STEP on each channel: neighbouring ids get
@@ -268,16 +268,5 @@ def _grid(panels, *, columns, margin=6):
 # Files -----------------------------------------------------------------------
 def save_png(path, array):
   """Writes uint8 [H, W, 3] (or [H, W]) as PNG: temporary name, then rename."""
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(
-      dir=folder, prefix=f'.{os.path.basename(path)}.', suffix='.tmp')
-  try:
-    with os.fdopen(handle, 'wb') as f:
-      Image.fromarray(np.asarray(array, np.uint8)).save(f, format='PNG')
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
+  with io_utils.replacing(path, 'wb') as f:
+    Image.fromarray(np.asarray(array, np.uint8)).save(f, format='PNG')

@@ -28,22 +28,42 @@ def load_initial_checkpoint(model, config):
   deeplab2_import.CheckpointMismatchError when the checkpoint cannot be read
   or does not match the model.
   """
-  prefix = config_lib.resolved(config.model_options.initial_checkpoint,
-                               _FIELD)
-  if not prefix:
+  path = config_lib.resolved(config.model_options.initial_checkpoint, _FIELD)
+  if not path:
     return None
-  if tf.io.gfile.isdir(prefix):
-    latest = tf.train.latest_checkpoint(prefix)
-    if latest is None:
+  return restore_model(model, path, where=f'{_FIELD} = {path!r}')
+
+
+def restore_model(model, checkpoint, *, where):
+  """Loads the model weights of `checkpoint` into `model`.
+
+  Args:
+    model: a KMaXDeepLab (built here if needed).
+    checkpoint: a checkpoint prefix, a folder (its latest checkpoint), or a
+      DeepLab2 checkpoint prefix (imported by key).
+    where: what named the checkpoint (a flag or a config field), for errors.
+
+  Returns:
+    The checkpoint prefix read.
+
+  Raises:
+    deeplab2_import.CheckpointMismatchError: no checkpoint, an unreadable
+      one, or one that lacks weights of the model. An optimizer's slots in
+      the checkpoint are not needed and not an error.
+  """
+  prefix = checkpoint
+  if tf.io.gfile.isdir(checkpoint):
+    prefix = tf.train.latest_checkpoint(checkpoint)
+    if prefix is None:
       raise deeplab2_import.CheckpointMismatchError(
-          f'{_FIELD} = {prefix!r}: the folder holds no checkpoint')
-    prefix = latest
+          f'{where}: the folder holds no checkpoint (no "checkpoint" file '
+          'naming a ckpt-<step>); pass a checkpoint prefix or a model_dir '
+          'the trainer wrote')
   try:
     deeplab2_layout = is_deeplab2_checkpoint(prefix)
   except (tf.errors.NotFoundError, tf.errors.DataLossError, ValueError) as e:
     raise deeplab2_import.CheckpointMismatchError(
-        f'{_FIELD} = {prefix!r}: cannot read a TensorFlow checkpoint: '
-        f'{e}') from e
+        f'{where}: cannot read a TensorFlow checkpoint: {e}') from None
   if deeplab2_layout:
     deeplab2_import.load_deeplab2_checkpoint(model, prefix)
     return prefix
@@ -51,9 +71,8 @@ def load_initial_checkpoint(model, config):
   status = tf.train.Checkpoint(model=model).read(prefix)
   try:
     status.assert_existing_objects_matched()
-    status.expect_partial()
   except AssertionError as e:
     raise deeplab2_import.CheckpointMismatchError(
-        f'{_FIELD} = {prefix!r}: the checkpoint does not match the model: '
-        f'{e}') from e
+        f'{where}: the checkpoint does not match the model: {e}') from None
+  status.expect_partial()
   return prefix

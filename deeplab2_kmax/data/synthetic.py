@@ -24,7 +24,6 @@ deletes the JSON files, then the four image and PNG folders.
 import argparse
 import io
 import json
-import os
 import pathlib
 import shutil
 import sys
@@ -32,6 +31,7 @@ import sys
 import numpy as np
 from PIL import Image
 
+from deeplab2_kmax import io_utils
 from deeplab2_kmax.data import dataset_info
 from deeplab2_kmax.data import synthetic_render
 
@@ -45,13 +45,6 @@ _SPLIT_CODE = {'train': 1, 'val': 2}
 def sample_rng(seed, split, index):
   """The generator of image `index` of `split`: independent of split sizes."""
   return np.random.default_rng([int(seed), _SPLIT_CODE[split], int(index)])
-
-
-def _write(path, data):
-  """Writes bytes to a temporary name beside `path`, then renames it."""
-  temporary = path.with_name(f'.{path.name}.tmp')
-  temporary.write_bytes(data)
-  os.replace(temporary, path)
 
 
 def _encode(array, image_format, **kwargs):
@@ -89,12 +82,14 @@ def _write_split(output_dir, split, count, seed, options):
     name = f'{image_id:012d}'
     rng = sample_rng(seed, split, index)
     sample = synthetic_render.render(rng, options)
-    _write(output_dir / 'images' / split / f'{name}.jpg',
-           _encode(sample.image, 'JPEG', quality=JPEG_QUALITY, subsampling=0))
+    io_utils.write_bytes(
+        output_dir / 'images' / split / f'{name}.jpg',
+        _encode(sample.image, 'JPEG', quality=JPEG_QUALITY, subsampling=0))
     rgb = np.stack([(sample.segment_ids >> shift) & 255
                     for shift in (0, 8, 16)], axis=-1).astype(np.uint8)
-    _write(output_dir / 'annotations' / f'panoptic_{split}' / f'{name}.png',
-           _encode(rgb, 'PNG'))
+    io_utils.write_bytes(
+        output_dir / 'annotations' / f'panoptic_{split}' / f'{name}.png',
+        _encode(rgb, 'PNG'))
     images.append({'id': image_id, 'file_name': f'{name}.jpg',
                    'width': options.width, 'height': options.height})
     annotations.append({'image_id': image_id, 'file_name': f'{name}.png',
@@ -126,7 +121,7 @@ def generate(output_dir, num_train, num_val, seed, options=None,
   paths = {}
   for split, document in documents.items():
     paths[split] = output_dir / 'annotations' / f'panoptic_{split}.json'
-    _write(paths[split], json.dumps(document).encode('utf-8'))
+    io_utils.write_bytes(paths[split], json.dumps(document).encode('utf-8'))
   return paths
 
 

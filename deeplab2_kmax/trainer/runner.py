@@ -6,8 +6,6 @@ and the batch divides across replicas -> model, loss, optimizer (built in
 the strategy scope) -> restore the latest checkpoint (or warm-start from
 `initial_checkpoint`) -> Orbit controller runs the mode.
 """
-import json
-import os
 import pathlib
 import shutil
 import tempfile
@@ -19,6 +17,7 @@ from absl import logging
 from google.protobuf import text_format
 
 from deeplab2_kmax import config as config_lib
+from deeplab2_kmax import io_utils
 from deeplab2_kmax import overrides as overrides_lib
 from deeplab2_kmax.checkpoints import initial_checkpoint
 from deeplab2_kmax.trainer import distribution
@@ -46,12 +45,8 @@ def check_model_dir(model_dir):
 
 
 def write_json(path, value):
-  """Writes JSON to a temporary file, then renames it into place."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'.{path.name}.tmp')
-  tmp.write_text(json.dumps(value, indent=2, sort_keys=True) + '\n')
-  os.replace(tmp, path)
+  """Writes a readable JSON file (temporary file, then rename)."""
+  io_utils.write_json(path, value, indent=2, sort_keys=True)
 
 
 def load_experiment_config(config_file, overrides=()):
@@ -100,8 +95,11 @@ class Experiment:
     finally:
       keras.config.set_dtype_policy(previous_policy)
 
-    self.checkpoint = tf.train.Checkpoint(model=self.model,
-                                          optimizer=self.optimizer)
+    # The random states (dropout, drop path) too: a resumed run continues
+    # their streams, as it continues the input stream.
+    self.checkpoint = tf.train.Checkpoint(
+        model=self.model, optimizer=self.optimizer,
+        random_states=random_states(self.model))
     # Multi-worker: every worker takes part in saving, but only the chief
     # writes to model_dir; the others write to a scratch folder that
     # `close()` removes.
@@ -189,10 +187,16 @@ class Experiment:
                      {'step': step, **_plain(result)})
 
 
-def _write_text(path, text):
-  tmp = path.with_name(f'.{path.name}.tmp')
-  tmp.write_text(text)
-  os.replace(tmp, path)
+def random_states(model):
+  """The Keras `SeedGenerator` states of `model`, in the model's order.
+
+  They are in `model.variables` but not in `model.weights`, and Keras does
+  not give them to `tf.train.Checkpoint`. A list, not a dict by path: the
+  paths carry process-wide name counters (`seed_generator_17`), the order is
+  fixed by the model's structure.
+  """
+  weights = {id(v) for v in model.weights}
+  return [v for v in model.variables if id(v) not in weights]
 
 
 def _chief_and_id(strategy):
@@ -233,7 +237,7 @@ def run_experiment(*, config_file, model_dir, mode='train', overrides=(),
     write_json(experiment.model_dir / 'config.json',
                {'config_file': str(config_file), 'overrides': list(overrides),
                 'mode': mode, 'num_replicas': strategy.num_replicas_in_sync})
-    _write_text(experiment.model_dir / 'config.textproto',
+    io_utils.write_text(experiment.model_dir / 'config.textproto',
                 text_format.MessageToString(config))
   try:
     return _run_mode(experiment, mode, continuous_eval_timeout)
