@@ -82,12 +82,20 @@ class MaskPredictionHead(keras.layers.Layer):
       mask_logits = self.mask_bn(mask_logits[..., None], training=True)[..., 0]
     else:
       # The same maps with the norms folded: one XLA kernel for BN + L2
-      # normalisation, and the scalar mask-logit BN moved onto f.
+      # normalisation, and the scalar mask-logit BN moved onto f; in float32
+      # also under mixed precision.
       g = _normalize_embedding(
-          g, *conv_bn.inference_affine(self.pixel_feature_bn))
-      scale, shift = conv_bn.inference_affine(self.mask_bn)
-      mask_logits = tf.einsum('bhwe,bne->bhwn', g, f * scale) + shift
-    class_logits = self.class_head(class_embedding) + self._void_offset
+          tf.cast(g, tf.float32),
+          *conv_bn.inference_affine(self.pixel_feature_bn, tf.float32))
+      scale, shift = conv_bn.inference_affine(self.mask_bn, tf.float32)
+      mask_logits = tf.einsum('bhwe,bne->bhwn', g,
+                              tf.cast(f, tf.float32) * scale) + shift
+    # The predictions are float32 whatever the compute dtype: matching,
+    # softmaxes, k-means updates and losses read them.
+    class_logits = (tf.cast(self.class_head(class_embedding), tf.float32) +
+                    self._void_offset)
+    mask_logits = tf.cast(mask_logits, tf.float32)
+    g = tf.cast(g, tf.float32)
     return {
         outputs.CLASS_LOGITS: class_logits,  # [B, N, K + 1]
         outputs.MASK_LOGITS: mask_logits,  # [B, h, w, N]

@@ -107,7 +107,8 @@ class SemanticHead(keras.layers.Layer):
         x = resize.resize_align_corners(x, low.shape[1:3])
         x = fusion(tf.concat([x, low], -1), training=training)
     x = self.head_conv(x, training=training)
-    return self.last_layer(x)  # [B, h, w, num_classes]
+    # float32 whatever the compute dtype (the loss reads it).
+    return tf.cast(self.last_layer(x), tf.float32)  # [B, h, w, num_classes]
 
   def get_config(self):
     return {**super().get_config(), 'num_classes': self.num_classes,

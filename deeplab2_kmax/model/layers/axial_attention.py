@@ -126,14 +126,19 @@ class AxialAttention1D(keras.layers.Layer):
         self.batch_norm_similarity)
     output_scale, output_shift = conv_bn.inference_affine(
         self.batch_norm_retrieved_output)
-    return _attention_inference(
-        qkv, *conv_bn.inference_affine(self.batch_norm_qkv),
+    # In float32 also under mixed precision (softmax and folded norms).
+    def f32(t):
+      return tf.cast(t, tf.float32)
+
+    retrieved = _attention_inference(
+        f32(qkv), *conv_bn.inference_affine(self.batch_norm_qkv),
         tf.reshape(logit_scale, [3, heads]),
         tf.reduce_sum(tf.reshape(logit_shift, [3, heads]), 0),
         tf.reshape(output_scale, [2, heads, head_value]),
         tf.reduce_sum(tf.reshape(output_shift, [2, heads, head_value]), 0),
-        self.query_rpe.lookup(length), self.key_rpe.lookup(length),
-        self.value_rpe.lookup(length), axis)
+        f32(self.query_rpe.lookup(length)), f32(self.key_rpe.lookup(length)),
+        f32(self.value_rpe.lookup(length)), axis)
+    return tf.cast(retrieved, x.dtype)
 
   def _check_length(self, length):
     if length is None:
@@ -169,7 +174,9 @@ class AxialAttention1D(keras.layers.Layer):
         tf.einsum('nmhd,lmd->nhlm', k, rpe_k),
     ])  # [3, N, h, L, M]
     logits = self.batch_norm_similarity(logits, training=training)
-    weights = tf.nn.softmax(tf.reduce_sum(logits, 0), axis=-1)  # [N,h,L,M]
+    weights = tf.nn.softmax(  # in float32 also under mixed precision
+        tf.cast(tf.reduce_sum(logits, 0), tf.float32), axis=-1)  # [N,h,L,M]
+    weights = tf.cast(weights, v.dtype)
 
     retrieved = tf.stack([
         tf.einsum('nhlm,nmhd->nhld', weights, v),

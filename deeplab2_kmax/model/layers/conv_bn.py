@@ -85,14 +85,22 @@ def get_activation(name):
                      'none') from None
 
 
-def inference_affine(bn):
+def inference_affine(bn, dtype=None):
   """(scale, shift) with bn(x) = x * scale + shift at inference.
 
   `bn` is a Keras BatchNormalization or a GroupedBatchNorm (any parameter
-  shape); its moving statistics are used.
+  shape); its moving statistics are used. Computed in the variables' dtype
+  (float32), then cast to `dtype` if given.
   """
-  scale = bn.gamma * tf.math.rsqrt(bn.moving_variance + bn.epsilon)
-  return scale, bn.beta - bn.moving_mean * scale
+  def value(variable):
+    return tf.cast(tf.convert_to_tensor(variable), tf.float32)
+
+  scale = value(bn.gamma) * tf.math.rsqrt(value(bn.moving_variance) +
+                                          bn.epsilon)
+  shift = value(bn.beta) - value(bn.moving_mean) * scale
+  if dtype is not None:
+    scale, shift = tf.cast(scale, dtype), tf.cast(shift, dtype)
+  return scale, shift
 
 
 def batch_norm_activation(bn, x, activation, training):
@@ -111,7 +119,7 @@ def batch_norm_activation(bn, x, activation, training):
         x, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance,
         epsilon=bn.epsilon, is_training=False)
     return tf.nn.relu(y) if activation == 'relu' else y
-  return _AFFINE_ACTIVATIONS[activation](x, *inference_affine(bn))
+  return _AFFINE_ACTIVATIONS[activation](x, *inference_affine(bn, x.dtype))
 
 
 # A dilated convolution whose taps mostly read padding (ASPP rates on small

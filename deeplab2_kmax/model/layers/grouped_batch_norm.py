@@ -21,6 +21,9 @@ class GroupedBatchNorm(keras.layers.Layer):
   def __init__(self, param_shape, momentum=conv_bn.BN_MOMENTUM,
                epsilon=conv_bn.BN_EPSILON, gamma_initializer='ones',
                **kwargs):
+    # Parameters and statistics stay float32 under mixed precision; the
+    # output has the input's dtype.
+    kwargs.setdefault('autocast', False)
     super().__init__(**kwargs)
     self.param_shape = tuple(int(d) for d in param_shape)
     self.momentum = momentum
@@ -53,7 +56,9 @@ class GroupedBatchNorm(keras.layers.Layer):
     else:
       mean, variance = self.moving_mean, self.moving_variance
     scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
-    return x * scale + (self.beta - mean * scale)
+    shift = self.beta - mean * scale
+    # Statistics in float32; the map in the input's (compute) dtype.
+    return x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
 
   def _batch_moments(self, x):
     """Mean and variance over the reduced axes and over all replicas."""

@@ -90,8 +90,12 @@ class KMaXPixelDecoder(keras.layers.Layer):
   def _normalize(self, index, backbone_features):
     norm = self.backbone_norms[index]
     x = backbone_features[self.stages[index].stride]
-    return _layer_norm(x, tf.convert_to_tensor(norm.gamma),
-                       tf.convert_to_tensor(norm.beta), norm.epsilon)
+    # In float32 also under mixed precision (statistics over channels).
+    y = _layer_norm(tf.cast(x, tf.float32),
+                    tf.cast(tf.convert_to_tensor(norm.gamma), tf.float32),
+                    tf.cast(tf.convert_to_tensor(norm.beta), tf.float32),
+                    norm.epsilon)
+    return tf.cast(y, x.dtype)
 
   @property
   def output_channels(self):
