@@ -3,20 +3,24 @@
 Every replica runs the model (inference mode) and the loss on its share of a
 batch. Metrics that need host-side accumulation (panoptic quality, mask AP,
 mIoU) are `metrics` objects with `update(per_replica_outputs, batch)` taking
-NumPy arrays and `result()` returning a flat dict of floats.
+NumPy arrays and `result()` returning a flat dict of floats. The first
+examples' input, ground truth and prediction go to TensorBoard as pictures
+(image_summaries.py).
 """
 import orbit
 import tensorflow as tf
 
 from deeplab2_kmax.model.loss import kmax_loss
+from deeplab2_kmax.trainer import image_summaries
 
 
 class KMaXEvaluator(orbit.StandardEvaluator):
   """Evaluates the model on a (finite) distributed dataset."""
 
   def __init__(self, *, task, strategy, model, loss, eval_dataset,
-               metrics=(), prediction_fn=None):
+               metrics=(), prediction_fn=None, global_step=None):
     self.task = task
+    self.global_step = global_step  # for the pictures' summary step
     self.strategy = strategy
     self.model = model
     self.loss = loss
@@ -25,6 +29,7 @@ class KMaXEvaluator(orbit.StandardEvaluator):
     # metrics (e.g. post-processed panoptic maps); None = losses only.
     self.prediction_fn = prediction_fn
     self.term_names = tuple(kmax_loss.TERMS) + (kmax_loss.TOTAL,)
+    self._pictures = None
     with strategy.scope():
       def counter(name):
         return tf.Variable(
@@ -41,6 +46,7 @@ class KMaXEvaluator(orbit.StandardEvaluator):
       v.assign(0.0)
     for metric in self.metrics:
       metric.reset()
+    self._pictures = None  # (images, gt, prediction) of the first examples
 
   def eval_step(self, iterator):
     batch = next(iterator)
@@ -62,6 +68,11 @@ class KMaXEvaluator(orbit.StandardEvaluator):
     if step_outputs and self.metrics:
       for replica in _local_results(self.strategy, step_outputs):
         numpy_values = tf.nest.map_structure(lambda t: t.numpy(), replica)
+        if self._pictures is None:
+          keep = slice(0, image_summaries.MAX_IMAGES)
+          self._pictures = (numpy_values['batch']['image'][keep],
+                            numpy_values['batch']['panoptic'][keep],
+                            numpy_values['predictions']['panoptic'][keep])
         for metric in self.metrics:
           metric.update(numpy_values['predictions'], numpy_values['batch'])
     return state
@@ -72,6 +83,10 @@ class KMaXEvaluator(orbit.StandardEvaluator):
               for n, v in self._sums.items()}
     for metric in self.metrics:
       result.update(metric.result())
+    if self._pictures is not None and self.global_step is not None:
+      image_summaries.write('eval/input_groundtruth_prediction',
+                            *self._pictures, self.task.dataset_info,
+                            step=self.global_step)
     return result
 
 

@@ -141,7 +141,8 @@ class Experiment:
           task=self.task, strategy=strategy, model=self.model,
           loss=self.loss, eval_dataset=self.task.build_inputs(
               strategy, is_training=False),
-          metrics=metrics, prediction_fn=prediction_fn)
+          metrics=metrics, prediction_fn=prediction_fn,
+          global_step=self.global_step)
 
   @property
   def global_step(self):

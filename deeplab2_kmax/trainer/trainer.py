@@ -9,6 +9,10 @@ resumed run draws the same samples as an uninterrupted one.
 A non-finite loss term stops training: the step records the first step and
 term at fault, and `train_loop_end` raises `NonFiniteLossError` before Orbit
 writes the loop's checkpoint, so the last good checkpoint stays the latest.
+
+Each step also keeps the first example of its batch (first replica) with
+the model's per-pixel answer, for the TensorBoard picture of the loop
+(image_summaries.py).
 """
 import time
 
@@ -17,6 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 from deeplab2_kmax.model.loss import kmax_loss
+from deeplab2_kmax.trainer import image_summaries
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,6 +58,7 @@ class KMaXTrainer(orbit.StandardTrainer):
       self._bad_term = tf.Variable(-1, dtype=tf.int64, trainable=False,
                                    aggregation=tf.VariableAggregation
                                    .ONLY_FIRST_REPLICA)
+      self._picture = _picture_variables()
     super().__init__(train_dataset, options=orbit.StandardTrainerOptions(
         use_tf_while_loop=True, use_tf_function=True))
     self._loop_start = None
@@ -103,6 +109,12 @@ class KMaXTrainer(orbit.StandardTrainer):
     for name in self.term_names:
       self._sums[name].assign_add(tf.cast(losses[name], tf.float32))
     self._count.assign_add(1.0)
+    self._picture['image'].assign(batch['image'][0])
+    self._picture['panoptic'].assign(batch['panoptic'][0])
+    self._picture['clusters'].assign(tf.argmax(
+        outputs['mask_logits'][0], axis=-1, output_type=tf.int32))
+    self._picture['classes'].assign(tf.argmax(
+        outputs['class_logits'][0], axis=-1, output_type=tf.int32))
 
   def train_loop_end(self):
     step = int(self.global_step.numpy())
@@ -116,6 +128,14 @@ class KMaXTrainer(orbit.StandardTrainer):
     count = max(float(self._count.numpy()), 1.0)
     result = {name: float(v.numpy()) / count
               for name, v in self._sums.items()}
+    if tf.summary.should_record_summaries():
+      info = self.task.dataset_info
+      picture = {k: v.numpy()[None] for k, v in self._picture.items()}
+      image_summaries.write(
+          'train/input_groundtruth_prediction', picture['image'],
+          picture['panoptic'], image_summaries.per_pixel_panoptic(
+              picture['classes'], picture['clusters'], info),
+          info, step=self.global_step)
     # The rate of the loop's last update.
     result['learning_rate'] = float(self.schedule(max(step - 1, 0)))
     elapsed = time.perf_counter() - self._loop_start
@@ -127,6 +147,21 @@ class KMaXTrainer(orbit.StandardTrainer):
                  self.num_steps, result['total'], rate,
                  _format_duration(remaining))
     return result
+
+
+def _picture_variables():
+  """Variables holding one training example and the model's answer (of
+  any size: their shapes are left open)."""
+  def variable(name, rank, dtype, channels=()):
+    return tf.Variable(
+        tf.zeros([1] * rank + list(channels), dtype), trainable=False,
+        name=name, shape=tf.TensorShape([None] * rank + list(channels)),
+        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+  return {'image': variable('picture_image', 2, tf.float32, [3]),
+          'panoptic': variable('picture_panoptic', 2, tf.int32),
+          'clusters': variable('picture_clusters', 2, tf.int32),
+          'classes': variable('picture_classes', 1, tf.int32)}
 
 
 def _format_duration(seconds):
