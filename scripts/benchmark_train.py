@@ -69,6 +69,7 @@ def _fake_batch(info, crop, batch_size, output_stride, max_thing_id):
         max_thing_id=max_thing_id)
     sample['image'] = tf.constant(
         rng.uniform(0, 255, [crop, crop, 3]).astype(np.float32))
+    sample['panoptic'] = tf.constant(label)
     samples.append(sample)
   return {k: tf.stack([s[k] for s in samples]) for k in samples[0]}
 

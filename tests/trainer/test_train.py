@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import deeplab2_kmax
 from deeplab2_kmax import config as config_lib
+from deeplab2_kmax.checkpoints import deeplab2_import
 from deeplab2_kmax.trainer import runner
 from deeplab2_kmax.trainer import trainer as trainer_lib
+from tests.checkpoints import test_deeplab2_import as import_test
 from tests.conftest import REPO_ROOT
 from tests.conftest import TINY_CONFIG
 
@@ -112,6 +115,28 @@ def test_mixed_precision_trains_with_float32_predictions(synthetic_env,
   for key in ('class_logits', 'mask_logits', 'pixel_feature',
               'semantic_logits'):
     assert outputs[key].dtype == tf.float32, key
+
+
+def test_warm_start_from_initial_checkpoint_unless_resuming(synthetic_env,
+                                                           tmp_path):
+  config = runner.load_experiment_config(TINY_CONFIG, SHORT)
+  source = deeplab2_kmax.build_model(config)
+  deeplab2_import.ensure_built(source)
+  import_test._randomize(source, 11)  # pylint: disable=protected-access
+  config.model_options.initial_checkpoint = tf.train.Checkpoint(
+      model=source).write(str(tmp_path / 'init' / 'ckpt'))
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  first = runner.Experiment(config, tmp_path / 'run', strategy)
+  assert int(first.global_step.numpy()) == 0  # weights only, fresh optimizer
+  for mine, theirs in zip(first.model.weights, source.weights):
+    np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+  # Once the run has a checkpoint of its own, a restart resumes from it and
+  # ignores initial_checkpoint.
+  kernel = first.model.trainable_variables[0]
+  kernel.assign(tf.zeros_like(kernel))
+  first.manager.save(checkpoint_number=0)
+  second = runner.Experiment(config, tmp_path / 'run', strategy)
+  assert not np.any(second.model.trainable_variables[0].numpy())
 
 
 _RESUME_SCRIPT = """
