@@ -13,13 +13,16 @@ Labels are compared at the evaluation resolution (the image resized so its
 longer side is `resize_longer_side`, as in DeepLab2). With `save_predictions`
 the panoptic predictions are also written at the original image size in COCO
 panoptic format (PNG + JSON, real category ids), ready for the official
-evaluation or a test server.
+evaluation or a test server, and with `cityscapes_predictions` also in the
+semantic and instance formats of the Cityscapes scripts
+(cityscapes_format.py).
 """
 import pathlib
 
 import numpy as np
 from PIL import Image
 
+from deeplab2_kmax.evaluation import cityscapes_format
 from deeplab2_kmax.evaluation import coco_format
 from deeplab2_kmax.evaluation import mask_ap
 from deeplab2_kmax.evaluation import miou
@@ -30,8 +33,9 @@ class PanopticMetrics:
   """Accumulates PQ, mask AP and mIoU over evaluation batches."""
 
   def __init__(self, dataset_info, *, compute_mask_ap=True,
-               prediction_dir_fn=None):
+               prediction_dir_fn=None, cityscapes_predictions=False):
     self.info = dataset_info
+    self.cityscapes_predictions = cityscapes_predictions
     # Called at each reset: a folder for this evaluation's predictions, or
     # None not to save them.
     self.prediction_dir_fn = prediction_dir_fn
@@ -41,6 +45,7 @@ class PanopticMetrics:
                if compute_mask_ap else None)
     self.prediction_dir = None  # set to save predictions in COCO format
     self._writer = None
+    self._cityscapes_writer = None
 
   def reset(self):
     self.pq.reset()
@@ -58,6 +63,9 @@ class PanopticMetrics:
     self._writer = coco_format.PanopticFolderWriter(
         directory / 'predictions.json', directory / 'panoptic',
         self.info, groundtruth=False)
+    if self.cityscapes_predictions:
+      self._cityscapes_writer = cityscapes_format.CityscapesWriter(
+          directory / 'cityscapes', self.info)
 
   def update(self, predictions, batch):
     """One replica's batch: `predictions` from `mask_wise_merging.merge`."""
@@ -78,26 +86,29 @@ class PanopticMetrics:
 
   def _save(self, batch, i, pred, predictions):
     original = tuple(int(v) for v in batch['original_size'][i])
-    if pred.shape != original:
-      # Nearest neighbour back to the original size (labels are ids).
-      pred = np.asarray(Image.fromarray(pred.astype(np.int32), mode='I')
-                        .resize(original[::-1], Image.NEAREST))
+    height, width = pred.shape
+    pred = _to_size(pred, original)
     image_id = batch['image_id'][i]
     image_id = image_id.decode() if isinstance(image_id, bytes) else image_id
     file_name = batch['filename'][i]
     file_name = (file_name.decode() if isinstance(file_name, bytes)
                  else file_name)
+    stem = pathlib.Path(file_name).stem
     kept = predictions['segment_areas'][i] > 0
     scores = dict(zip(predictions['segment_ids'][i][kept].tolist(),
                       predictions['segment_scores'][i][kept].tolist()))
-    self._writer.add(_json_id(image_id), pred,
-                     file_name=pathlib.Path(file_name).stem + '.png',
+    self._writer.add(_json_id(image_id), pred, file_name=stem + '.png',
                      scores=scores)
+    if self._cityscapes_writer is not None:
+      semantic = _to_size(predictions['semantic'][i, :height, :width],
+                          original)
+      self._cityscapes_writer.add(stem, semantic, pred, scores)
 
   def _close_writer(self):
     if self._writer is not None:
       self._writer.close()
       self._writer = None
+    self._cityscapes_writer = None
 
   def result(self):
     """Flat {name: float}: panoptic/pq..., instance/ap..., semantic/miou."""
@@ -107,6 +118,14 @@ class PanopticMetrics:
     if self.ap is not None:
       result.update(self.ap.scalars())
     return result
+
+
+def _to_size(label, size):
+  """int label map [h, w] -> size (nearest neighbour: labels are ids)."""
+  if label.shape == tuple(size):
+    return label
+  return np.asarray(Image.fromarray(label.astype(np.int32), mode='I')
+                    .resize(size[::-1], Image.NEAREST))
 
 
 def _json_id(image_id):

@@ -117,7 +117,9 @@ class KMaXTask:
                                      'segment_scores', 'segment_areas')}
 
     metrics = evaluator_metrics.PanopticMetrics(
-        info, prediction_dir_fn=prediction_dir_fn)
+        info, prediction_dir_fn=prediction_dir_fn,
+        cityscapes_predictions=(
+            self.config.evaluator_options.cityscapes_predictions))
     return [metrics], prediction_fn
 
 
