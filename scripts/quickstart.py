@@ -4,7 +4,7 @@
 
 1. Generates the synthetic panoptic data set in COCO panoptic format
    (WORK_DIR/data/raw) and converts it to TFRecords (WORK_DIR/data).
-2. Trains the small kMaX-DeepLab of configs/synthetic/kmax_tiny.textproto
+2. Trains the small kMaX-DeepLab of configs/synthetic/kmax_small.textproto
    (WORK_DIR/model: checkpoints, TensorBoard summaries).
 3. Evaluates PQ / SQ / RQ, mask AP and mIoU on the held-out images and
    writes WORK_DIR/metrics.json.
@@ -25,7 +25,7 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = ROOT / 'configs' / 'synthetic' / 'kmax_tiny.textproto'
+CONFIG = ROOT / 'configs' / 'synthetic' / 'kmax_small.textproto'
 
 
 def _parse_args(argv=None):

@@ -21,6 +21,9 @@ RESNET_VARIANTS = {
     # Narrow and shallow, for CPU tests and the synthetic data set.
     'resnet_tiny': ResNetVariant(stem_width=16, blocks=(1, 1, 1, 1),
                                  widths=(8, 16, 32, 64)),
+    # Twice as wide: the quickstart's model on the synthetic data set.
+    'resnet_small': ResNetVariant(stem_width=32, blocks=(1, 1, 1, 1),
+                                  widths=(16, 32, 64, 128)),
 }
 
 
