@@ -85,6 +85,12 @@ def get_activation(name):
                      'none') from None
 
 
+def float32_value(variable):
+  """The value of a (Keras) variable as a float32 tensor, whatever the
+  compute dtype of the layer reading it."""
+  return tf.cast(tf.convert_to_tensor(variable), tf.float32)
+
+
 def inference_affine(bn, dtype=None):
   """(scale, shift) with bn(x) = x * scale + shift at inference.
 
@@ -92,12 +98,9 @@ def inference_affine(bn, dtype=None):
   shape); its moving statistics are used. Computed in the variables' dtype
   (float32), then cast to `dtype` if given.
   """
-  def value(variable):
-    return tf.cast(tf.convert_to_tensor(variable), tf.float32)
-
-  scale = value(bn.gamma) * tf.math.rsqrt(value(bn.moving_variance) +
-                                          bn.epsilon)
-  shift = value(bn.beta) - value(bn.moving_mean) * scale
+  scale = float32_value(bn.gamma) * tf.math.rsqrt(
+      float32_value(bn.moving_variance) + bn.epsilon)
+  shift = float32_value(bn.beta) - float32_value(bn.moving_mean) * scale
   if dtype is not None:
     scale, shift = tf.cast(scale, dtype), tf.cast(shift, dtype)
   return scale, shift

@@ -92,8 +92,8 @@ class KMaXPixelDecoder(keras.layers.Layer):
     x = backbone_features[self.stages[index].stride]
     # In float32 also under mixed precision (statistics over channels).
     y = _layer_norm(tf.cast(x, tf.float32),
-                    tf.cast(tf.convert_to_tensor(norm.gamma), tf.float32),
-                    tf.cast(tf.convert_to_tensor(norm.beta), tf.float32),
+                    conv_bn.float32_value(norm.gamma),
+                    conv_bn.float32_value(norm.beta),
                     norm.epsilon)
     return tf.cast(y, x.dtype)
 
