@@ -117,6 +117,47 @@ def test_conv_bn_dilation():
   np.testing.assert_allclose(layer(x).numpy(), expected, atol=1e-4)
 
 
+@pytest.mark.parametrize('kernel_size', [1, 3, 5])
+def test_conv2d_for_training_equals_conv2d_and_its_gradients(kernel_size):
+  # Values and both gradients of the hand-written backward pass against
+  # TensorFlow's own, on an odd and an even map size.
+  for height, width in ((7, 6), (5, 9)):
+    x = tf.constant(_random([2, height, width, 4], seed=kernel_size))
+    kernel = tf.constant(_random([kernel_size, kernel_size, 4, 3], seed=9))
+    upstream = tf.constant(_random([2, height, width, 3], seed=10))
+    results = []
+    for conv in (conv_bn.conv2d_for_training,
+                 lambda x, k: tf.nn.conv2d(x, k, 1, 'SAME')):
+      with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        y = conv(x, kernel)
+      results.append([y] + tape.gradient(y, [x, kernel],
+                                         output_gradients=upstream))
+    for got, want in zip(*results):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('rate', [2, 6])
+def test_conv_bn_dilated_training_gradient_equals_space_to_batch(rate):
+  # In training a dilated conv whose taps mostly read padding runs tap by
+  # tap; its gradients must equal those of TensorFlow's dilated conv.
+  layer = conv_bn.ConvBN(3, 3, dilation_rate=rate)
+  x = tf.constant(_random([1, 9, 9, 2], seed=rate))
+  layer(x)
+  upstream = tf.constant(_random([1, 9, 9, 3], seed=1))
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = layer.bn(tf.nn.convolution(x, layer.kernel, padding='SAME',
+                                   dilations=rate), training=True)
+  want = tape.gradient(y, [x, layer.kernel], output_gradients=upstream)
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = layer(x, training=True)
+  got = tape.gradient(y, [x, layer.kernel], output_gradients=upstream)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_conv_bn_rejects_strided_dilated_conv():
   with pytest.raises(ValueError, match='dilated'):
     conv_bn.ConvBN(3, 3, strides=2, dilation_rate=2)
