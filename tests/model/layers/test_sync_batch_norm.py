@@ -59,3 +59,51 @@ def test_cross_replica_sum_values_and_gradients_on_two_replicas():
       env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}, capture_output=True,
       text=True, timeout=300, check=False)
   assert result.returncode == 0 and 'ok' in result.stdout, result.stderr[-3000:]
+
+
+def _keras_formula(layer, x, training):
+  """The layer's values through Keras's own (unfused) BatchNormalization
+  code path, the one used with several replicas."""
+  return super(sync_batch_norm.SyncBatchNormalization, layer).call(
+      x, training=training)
+
+
+def test_fused_single_replica_training_equals_the_keras_formula():
+  # One replica, 4-D input: FusedBatchNormV3. Outputs, gradients and moving
+  # statistics must equal the Keras formula (sync_moments) it replaces.
+  x = tf.random.stateless_normal([2, 7, 5, 6], seed=[3, 4]) * 3.0 + 1.5
+  upstream = tf.random.stateless_normal([2, 7, 5, 6], seed=[5, 6])
+  results = []
+  for fused in (True, False):
+    layer = sync_batch_norm.SyncBatchNormalization(momentum=0.9,
+                                                   epsilon=1e-3)
+    layer.build(x.shape)
+    layer.gamma.assign(tf.linspace(0.5, 2.0, 6))
+    layer.beta.assign(tf.linspace(-1.0, 1.0, 6))
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x, training=True) if fused else _keras_formula(
+          layer, x, True)
+    grads = tape.gradient(y, [x, layer.gamma, layer.beta],
+                          output_gradients=upstream)
+    results.append([y] + grads + [layer.moving_mean.numpy(),
+                                  layer.moving_variance.numpy()])
+  for got, want in zip(*results):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+  # The moving variance moved towards the biased batch variance.
+  _, variance = tf.nn.moments(x, [0, 1, 2])
+  np.testing.assert_allclose(results[0][-1], 0.9 + 0.1 * variance.numpy(),
+                             rtol=1e-5)
+
+
+def test_fused_path_is_used_only_in_training_on_one_replica():
+  layer = sync_batch_norm.SyncBatchNormalization()
+  x = tf.ones([1, 3, 3, 2])
+  graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(
+      x).graph
+  assert any(op.type.startswith('FusedBatchNorm')
+             for op in graph.get_operations())
+  inference = tf.function(
+      lambda x: layer(x, training=False)).get_concrete_function(x).graph
+  assert not any(op.type.startswith('FusedBatchNorm')
+                 for op in inference.get_operations())
