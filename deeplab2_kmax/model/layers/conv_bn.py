@@ -265,9 +265,10 @@ class ConvBN(keras.layers.Layer):
     elif (self.dilation_rate != 1 and None not in x.shape[1:3] and
           _useful_fraction(self.kernel_size, self.dilation_rate, x.shape[1],
                            x.shape[2]) < _TAPWISE_MAX_FRACTION):
-      # Also in training: its gradient is slices, pads and 1x1 convs, where
-      # the space-to-batch route's input gradient took 6 s of a 13 s R50
-      # training step at rate 18 on a 21x21 map (oneDNN, 2 CPU threads).
+      # Also in training: its gradient is slices, pads and 1x1 convs. The
+      # space-to-batch route's input gradient at rate 18 on the R50's 21x21
+      # map took 6 s of op time in a standalone gradient step (oneDNN, 2 CPU
+      # threads; docs/benchmarks.md).
       x = _tapwise_dilated_conv(x, self.kernel, self.dilation_rate,
                                 training)
     elif self.dilation_rate != 1 and training:
