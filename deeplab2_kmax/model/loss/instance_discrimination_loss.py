@@ -12,7 +12,8 @@ GT mask:
     mask (itself included); void and crowd samples belong to no GT mask and
     get an all-zero row, hence a zero loss;
   * soft-target cross-entropy per row, averaged over the rows with a
-    non-zero loss.
+    non-zero loss; computed from the log-partition of each row and per-mask
+    sums of the embeddings, without the [S, S] matrices.
 The same sampler (with its own temperature) picks the pixels of the
 semantic loss. Random draws use stateless ops keyed by a [2] seed, so a
 seed gives the same sample eagerly, in tf.function and in tf.data.
@@ -20,6 +21,7 @@ seed gives the same sample eagerly, in tf.function and in tf.data.
 import numpy as np
 import tensorflow as tf
 
+from deeplab2_kmax.model.layers import conv_bn
 from deeplab2_kmax.model.loss import reduction
 
 # Sampling logit of void pixels: drawn only after every non-void pixel.
@@ -66,27 +68,157 @@ def sample_pixels(inverse_area, void, k, temperature, seed):
   return gumbel_top_k(logits, min(int(k), num_pixels), seed)
 
 
-def instance_discrimination(pixel_feature, gt_mask_ids, sample_indices,
-                            temperature):
-  """Contrastive loss between sampled pixel embeddings, per image.
+def sample_features(pixel_feature, sample_indices, size):
+  """The L2-normalised embeddings at the sampled pixels of a `size` grid.
+
+  Auxiliary outputs have coarser pixel features than the final one; the
+  loss compares them at the final resolution. Instead of resizing the whole
+  map (bilinear, align corners) and gathering, this interpolates only at
+  the sampled pixels, with the same formula as TensorFlow's ResizeBilinear,
+  and L2-normalises the result again.
 
   Args:
-    pixel_feature: [B, P, E] L2-normalised embeddings (cast to float32).
-    gt_mask_ids: int32 [B, P], GT mask of each pixel, -1 for void and crowd.
-    sample_indices: int32 [B, S] from `sample_pixels`.
+    pixel_feature: [B, h, w, E] embeddings (cast to float32).
+    sample_indices: int32 [B, S], flat indices into the `size` grid.
+    size: (H, W), the grid the indices refer to.
+
+  Returns:
+    float32 [B, S, E]: gathered as they are when (h, w) == size, else
+    interpolated and re-normalised.
+  """
+  feature = tf.cast(pixel_feature, tf.float32)
+  height, width = feature.shape[1], feature.shape[2]
+  flat = tf.reshape(feature, [-1, height * width, feature.shape[-1]])
+  if (height, width) == tuple(size):
+    return tf.gather(flat, sample_indices, batch_dims=1)  # [B, S, E]
+
+  def source(index, size_in, size_out):
+    """Top and bottom source rows (or columns) and the lerp weight."""
+    scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
+    coordinate = tf.cast(index, tf.float32) * scale  # [B, S]
+    top = tf.floor(coordinate)
+    bottom = tf.minimum(tf.math.ceil(coordinate), size_in - 1)
+    return (tf.cast(top, tf.int32), tf.cast(bottom, tf.int32),
+            (coordinate - top)[..., None])
+
+  top, bottom, y_lerp = source(sample_indices // size[1], height, size[0])
+  left, right, x_lerp = source(sample_indices % size[1], width, size[1])
+
+  def at(row, column):
+    return tf.gather(flat, row * width + column, batch_dims=1)  # [B, S, E]
+
+  upper = at(top, left) + (at(top, right) - at(top, left)) * x_lerp
+  lower = at(bottom, left) + (at(bottom, right) - at(bottom, left)) * x_lerp
+  return tf.math.l2_normalize(upper + (lower - upper) * y_lerp, axis=-1)
+
+
+# Rows of the [S, S] logit matrix computed at a time: the full matrix of
+# 4096 samples (64 MiB) is never held, and each block stays small enough
+# for the allocator to reuse.
+_BLOCK_ROWS = 512
+
+
+@conv_bn.elementwise_kernel
+def _sum_exp(logits, shift):
+  """[B, r, S], [B, 1, 1] -> [B, r]: sum_j exp(logits - shift)."""
+  return tf.reduce_sum(tf.exp(logits - shift), axis=-1)
+
+
+@conv_bn.elementwise_kernel
+def _symmetric_weights(logits, shift, row_scale, column_scale):
+  """exp(logits - shift) * (row_scale_i + column_scale_j), [B, r, S]."""
+  return tf.exp(logits - shift) * (row_scale[:, :, None] +
+                                   column_scale[:, None, :])
+
+
+def gram_logsumexp(features, scale):
+  """log sum_j exp(scale * f_i . f_j) for every sample i.
+
+  The log-partition of the contrastive softmax, computed in blocks of rows
+  with a hand-written gradient, so neither direction holds the [S, S]
+  logits. With L = scale F F^T (symmetric) and the upstream gradient g,
+  d lse / dF = scale (G + G^T) F with G_ij = g_i exp(L_ij - lse_i); since
+  G + G^T = exp(L - c) * (a_i + a_j) with a_i = g_i exp(c - lse_i) for any
+  constant c, each block of rows needs one recomputed logit block, one
+  elementwise kernel and one matmul.
+
+  The shift c = scale * max_j |f_j|^2 bounds every logit (Cauchy-Schwarz),
+  so no exp overflows; for L2-normalised features (norms 1, or 0) the sum
+  of each row is at least exp(-2 scale), so none underflows either.
+
+  Args:
+    features: float32 [B, S, E], L2-normalised.
+    scale: Python float, 1 / temperature.
+
+  Returns:
+    float32 [B, S].
+  """
+  num_samples = features.shape[1]
+  starts = list(range(0, num_samples, _BLOCK_ROWS))
+  blocks = [(start, min(start + _BLOCK_ROWS, num_samples)) for start in starts]
+
+  @tf.custom_gradient
+  def logsumexp(features):
+    scaled = features * scale  # [B, S, E]
+    shift = scale * tf.reduce_max(
+        tf.reduce_sum(tf.square(features), axis=-1), axis=-1)[:, None, None]
+
+    def logits(start, end):  # [B, end - start, S]
+      return tf.matmul(scaled[:, start:end], features, transpose_b=True)
+
+    sum_exp = tf.concat([_sum_exp(logits(start, end), shift)
+                         for start, end in blocks], axis=1)  # [B, S]
+    result = shift[:, :, 0] + tf.math.log(sum_exp)
+
+    def grad(upstream):  # [B, S]
+      weight = upstream / sum_exp  # a_i = g_i exp(c - lse_i), [B, S]
+      parts = [tf.matmul(_symmetric_weights(logits(start, end), shift,
+                                            weight[:, start:end], weight),
+                         features)
+               for start, end in blocks]  # each [B, end - start, E]
+      return scale * tf.concat(parts, axis=1)
+
+    return result, grad
+
+  return logsumexp(features)
+
+
+def instance_discrimination(features, ids, num_masks, temperature):
+  """Contrastive loss between the sampled pixel embeddings, per image.
+
+  Row i of the soft-target cross-entropy is, with L = F F^T / temperature
+  and n_i samples in the GT mask of sample i (itself included),
+    lse_i - (1 / n_i) sum_{j in mask(i)} L_ij
+      = lse_i - f_i . (sum_{j in mask(i)} f_j) / (n_i temperature),
+  so the targets need per-mask sums of the embeddings, not an [S, S]
+  target matrix; `gram_logsumexp` gives lse_i.
+
+  Args:
+    features: [B, S, E] L2-normalised embeddings of the sampled pixels
+      (from `sample_features`; cast to float32).
+    ids: int32 [B, S], GT mask of each sample in [0, num_masks), -1 for
+      void and crowd (an all-zero target row: no loss).
+    num_masks: Python int, the number of GT mask slots per image.
     temperature: divides the dot products.
 
   Returns:
     float32 [B].
   """
-  features = tf.gather(tf.cast(pixel_feature, tf.float32), sample_indices,
-                       batch_dims=1)  # [B, S, E]
-  ids = tf.gather(gt_mask_ids, sample_indices, batch_dims=1)  # [B, S]
-  same_mask = tf.logical_and(ids[:, :, None] == ids[:, None, :],
-                             (ids >= 0)[:, :, None])  # [B, S, S]
-  targets = tf.cast(same_mask, tf.float32)
-  targets /= tf.maximum(tf.reduce_sum(targets, axis=-1, keepdims=True), 1.0)
-  logits = tf.einsum('bse,bte->bst', features, features) / temperature
-  cross_entropy = -tf.reduce_sum(
-      targets * tf.nn.log_softmax(logits, axis=-1), axis=-1)  # [B, S]
+  features = tf.cast(features, tf.float32)
+  batch = tf.shape(ids)[0]
+  valid = tf.logical_and(ids >= 0, ids < num_masks)  # [B, S]
+  # One segment per (image, mask); invalid samples go to a last one.
+  segments = tf.where(valid, ids + num_masks * tf.range(batch)[:, None],
+                      batch * num_masks)  # [B, S]
+  mask_sums = tf.math.unsorted_segment_sum(
+      features, segments, batch * num_masks + 1)  # [B*M + 1, E]
+  mask_sizes = tf.math.unsorted_segment_sum(
+      tf.ones_like(segments, tf.float32), segments,
+      batch * num_masks + 1)  # [B*M + 1]
+  target_logit = tf.reduce_sum(
+      features * tf.gather(mask_sums, segments), axis=-1) / (
+          temperature * tf.maximum(tf.gather(mask_sizes, segments), 1.0))
+  cross_entropy = tf.where(
+      valid, gram_logsumexp(features, 1.0 / temperature) - target_logit,
+      0.0)  # [B, S]
   return reduction.mean_over_non_zero(cross_entropy)

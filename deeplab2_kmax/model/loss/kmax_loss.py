@@ -16,9 +16,10 @@ Steps of one call:
      weights derived from the final prediction (matched Dice, matched class
      probability, void ratio; all stop-gradient) are reused unchanged for
      every auxiliary output: only the penalised logits differ per output.
-  3. Auxiliary mask logits and pixel features (strides 32, 16, 8, ...) are
-     resized bilinearly with align_corners to the final resolution; the
-     features are L2-normalised again.
+  3. Auxiliary mask logits (strides 32, 16, 8, ...) are resized bilinearly
+     with align_corners to the final resolution; auxiliary pixel features
+     are interpolated the same way at the sampled pixels only and
+     L2-normalised again.
   4. One pixel sample per image for the instance discrimination loss,
      shared by all outputs (so equal outputs get equal terms), and one for
      the semantic loss, both drawn with stateless ops from `seed`.
@@ -122,7 +123,7 @@ class _Prediction:
   """One output (final or auxiliary) at the final resolution, float32."""
   class_logits: tf.Tensor  # [B, N, K + 1]
   mask_logits: tf.Tensor  # [B, P, N]
-  pixel_feature: tf.Tensor  # [B, P, E], None when not needed
+  pixel_feature: tf.Tensor  # [B, h, w, E] at its own stride, or None
 
 
 def non_finite_terms(losses):
@@ -255,7 +256,9 @@ class KMaXLoss:
       samples = instance_discrimination_loss.sample_pixels(
           gt['inverse_area'], gt['void'],
           self.instance_discrimination_sample_k,
-          self.instance_discrimination_sample_temperature, disc_seed)
+          self.instance_discrimination_sample_temperature,
+          disc_seed)  # [B, S]
+      sample_ids = tf.gather(gt['mask_ids'], samples, batch_dims=1)  # [B, S]
 
     per_image = {}  # name -> [B] weighted values
     for index, prediction in enumerate(predictions):
@@ -279,7 +282,9 @@ class KMaXLoss:
         per_image[f'{INSTANCE_DISCRIMINATION}/{name}'] = (
             self.instance_discrimination_weight *
             instance_discrimination_loss.instance_discrimination(
-                prediction.pixel_feature, gt['mask_ids'], samples,
+                instance_discrimination_loss.sample_features(
+                    prediction.pixel_feature, samples, size),
+                sample_ids, gt['classes'].shape[-1],
                 self.instance_discrimination_temperature))
     if self.semantic_weight > 0:
       if outputs.get(outputs_lib.SEMANTIC_LOGITS) is None:
@@ -300,8 +305,9 @@ class KMaXLoss:
   def _predictions(self, outputs):
     """The final and auxiliary predictions, flattened, float32; (h, w).
 
-    Auxiliary mask logits and pixel features are resized to the final h, w
-    (bilinear, align corners) and the features L2-normalised again.
+    Auxiliary mask logits are resized to the final h, w (bilinear, align
+    corners); pixel features stay at their own resolution (see
+    `instance_discrimination_loss.sample_features`).
     """
     expected = self.num_classes + 1
     size = tuple(outputs[outputs_lib.MASK_LOGITS].shape[1:3])
@@ -323,11 +329,7 @@ class KMaXLoss:
           size)  # [B, h, w, N]
       feature = None
       if self.instance_discrimination_weight > 0:
-        feature = tf.cast(prediction[outputs_lib.PIXEL_FEATURE], tf.float32)
-        if tuple(feature.shape[1:3]) != size:
-          feature = tf.math.l2_normalize(
-              resize.resize_align_corners(feature, size), axis=-1)
-        feature = tf.reshape(feature, [-1, num_pixels, feature.shape[-1]])
+        feature = prediction[outputs_lib.PIXEL_FEATURE]  # [B, h, w, E]
       result.append(_Prediction(
           class_logits=class_logits,
           mask_logits=tf.reshape(mask_logits,

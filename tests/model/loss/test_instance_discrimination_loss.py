@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from deeplab2_kmax.model.loss import instance_discrimination_loss as idl
+from deeplab2_kmax.model.loss import reduction
 
 
 def _log_softmax(x):
@@ -11,13 +12,26 @@ def _log_softmax(x):
   return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
+def _dense_reference(features, ids, temperature):
+  """The loss as the reference writes it: [S, S] targets and log-softmax."""
+  result = []
+  for image_features, image_ids in zip(features, ids):
+    log_p = _log_softmax(image_features @ image_features.T / temperature)
+    same = (image_ids[:, None] == image_ids[None, :]) & (
+        image_ids >= 0)[:, None]
+    targets = same / np.maximum(same.sum(axis=-1, keepdims=True), 1)
+    rows = -(targets * log_p).sum(axis=-1)
+    count = np.count_nonzero(rows)
+    result.append(rows.sum() / count if count else 0.0)
+  return np.array(result)
+
+
 def test_loss_by_hand():
   # Samples: two pixels of mask 0 with embedding (1, 0), one pixel of mask 1
   # with (0, 1), one crowd pixel (id -1) with (-1, 0).
   features = np.array([[[1., 0.], [1., 0.], [0., 1.], [-1., 0.]]], np.float32)
   ids = np.array([[0, 0, 1, -1]], np.int32)
-  indices = np.array([[0, 1, 2, 3]], np.int32)
-  loss = idl.instance_discrimination(features, ids, indices, 0.5).numpy()
+  loss = idl.instance_discrimination(features, ids, 2, 0.5).numpy()
   logits = features[0] @ features[0].T / 0.5
   log_p = _log_softmax(logits)
   rows = [-(log_p[0, 0] + log_p[0, 1]) / 2, -(log_p[1, 0] + log_p[1, 1]) / 2,
@@ -25,14 +39,91 @@ def test_loss_by_hand():
   np.testing.assert_allclose(loss, [np.mean(rows)], rtol=1e-5)
 
 
+def test_blocked_loss_and_gradient_equal_the_dense_formula(monkeypatch):
+  # 37 samples in blocks of 8 rows (the last block has 5), two images, one
+  # of them all void: values and gradients equal the dense [S, S] formula
+  # (gradient of the dense formula by TensorFlow's autodiff).
+  monkeypatch.setattr(idl, '_BLOCK_ROWS', 8)
+  features = tf.math.l2_normalize(
+      tf.random.stateless_normal([2, 37, 5], seed=[2, 3]), -1)
+  ids = tf.concat([
+      tf.random.stateless_uniform([1, 37], [4, 5], -1, 6, tf.int32),
+      tf.fill([1, 37], -1)], axis=0)
+  upstream = tf.constant([0.7, 1.3])
+
+  def dense(features):
+    logits = tf.einsum('bse,bte->bst', features, features) / 0.3
+    same = tf.cast(tf.logical_and(ids[:, :, None] == ids[:, None, :],
+                                  (ids >= 0)[:, :, None]), tf.float32)
+    targets = same / tf.maximum(tf.reduce_sum(same, -1, keepdims=True), 1.0)
+    rows = -tf.reduce_sum(targets * tf.nn.log_softmax(logits), axis=-1)
+    return reduction.mean_over_non_zero(rows)
+
+  results = []
+  for fn in (dense, lambda f: idl.instance_discrimination(f, ids, 6, 0.3)):
+    with tf.GradientTape() as tape:
+      tape.watch(features)
+      loss = fn(features)
+      weighted = tf.reduce_sum(loss * upstream)
+    results.append((loss.numpy(), tape.gradient(weighted, features).numpy()))
+  (dense_loss, dense_grad), (loss, grad) = results
+  np.testing.assert_allclose(
+      loss, _dense_reference(features.numpy(), ids.numpy(), 0.3), rtol=1e-5)
+  np.testing.assert_allclose(loss, dense_loss, rtol=1e-5)
+  assert loss[1] == 0.0
+  np.testing.assert_allclose(grad, dense_grad, rtol=1e-4, atol=1e-6)
+  assert np.abs(grad[0]).max() > 1e-3
+  np.testing.assert_array_equal(grad[1], 0.0)
+
+
+def test_loss_inside_tf_function_equals_eager():
+  features = tf.math.l2_normalize(
+      tf.random.stateless_normal([1, 20, 4], seed=[6, 6]), -1)
+  ids = tf.constant([[0, 1, 2, -1] * 5])
+  eager = idl.instance_discrimination(features, ids, 3, 0.3)
+  traced = tf.function(idl.instance_discrimination)(features, ids, 3, 0.3)
+  np.testing.assert_allclose(traced.numpy(), eager.numpy(), rtol=1e-6)
+
+
+def test_features_at_the_final_resolution_are_gathered():
+  feature = tf.random.stateless_normal([2, 5, 6, 3], seed=[1, 1])
+  indices = tf.constant([[0, 7, 29], [3, 3, 12]])
+  sampled = idl.sample_features(feature, indices, (5, 6))
+  expected = tf.gather(tf.reshape(feature, [2, 30, 3]), indices,
+                       batch_dims=1)
+  np.testing.assert_array_equal(sampled.numpy(), expected.numpy())
+
+
+def test_coarse_features_equal_resize_then_gather():
+  # A stride-4 feature (5x6) against the 17x21 grid, and a 1x1 feature.
+  from deeplab2_kmax.model.layers import resize  # pylint: disable=import-outside-toplevel
+  for shape in ([2, 5, 6, 4], [2, 1, 1, 4]):
+    feature = tf.random.stateless_normal(shape, seed=[2, 2])
+    indices = tf.random.stateless_uniform([2, 50], [3, 3], 0, 17 * 21,
+                                          tf.int32)
+    sampled = idl.sample_features(feature, indices, (17, 21))
+    resized = tf.math.l2_normalize(
+        resize.resize_align_corners(feature, (17, 21)), -1)
+    expected = tf.gather(tf.reshape(resized, [2, 17 * 21, 4]), indices,
+                         batch_dims=1)
+    np.testing.assert_allclose(sampled.numpy(), expected.numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_loss_only_sees_the_sampled_pixels():
   features = tf.math.l2_normalize(
-      tf.random.stateless_normal([1, 6, 3], seed=[1, 1]), -1)
+      tf.random.stateless_normal([1, 2, 3, 3], seed=[1, 1]), -1)
   ids = tf.constant([[0, 1, 0, 1, 2, 2]])
-  full = idl.instance_discrimination(features, ids, [[0, 2, 4]], 0.3)
-  changed = tf.tensor_scatter_nd_update(features, [[0, 1]], [[0., 0., 1.]])
-  same = idl.instance_discrimination(changed, ids, [[0, 2, 4]], 0.3)
-  np.testing.assert_allclose(full.numpy(), same.numpy(), rtol=1e-6)
+  indices = tf.constant([[0, 2, 4]])
+  sample_ids = tf.gather(ids, indices, batch_dims=1)
+
+  def loss(features):
+    return idl.instance_discrimination(
+        idl.sample_features(features, indices, (2, 3)), sample_ids, 3, 0.3)
+
+  changed = tf.tensor_scatter_nd_update(features, [[0, 0, 1]], [[0., 0., 1.]])
+  np.testing.assert_allclose(loss(features).numpy(), loss(changed).numpy(),
+                             rtol=1e-6)
 
 
 def test_sampling_is_deterministic_by_seed_and_without_replacement():
@@ -85,13 +176,12 @@ def test_gradient_pulls_same_mask_embeddings_together():
   features = tf.Variable(tf.math.l2_normalize(
       tf.random.stateless_normal([1, 8, 4], seed=[9, 9]), -1))
   ids = tf.constant([[0, 0, 0, 0, 1, 1, 1, 1]])
-  indices = tf.constant([list(range(8))])
   optimizer_step = 0.5
-  before = idl.instance_discrimination(features, ids, indices, 0.3)
+  before = idl.instance_discrimination(features, ids, 2, 0.3)
   for _ in range(5):
     with tf.GradientTape() as tape:
-      loss = idl.instance_discrimination(features, ids, indices, 0.3)
+      loss = idl.instance_discrimination(features, ids, 2, 0.3)
     features.assign(tf.math.l2_normalize(
         features - optimizer_step * tape.gradient(loss, features), -1))
-  after = idl.instance_discrimination(features, ids, indices, 0.3)
+  after = idl.instance_discrimination(features, ids, 2, 0.3)
   assert after.numpy()[0] < before.numpy()[0]

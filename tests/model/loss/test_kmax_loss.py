@@ -171,8 +171,10 @@ def test_instance_discrimination_and_semantic_wiring():
       tf.reshape(targets['inverse_area'], [1, P]),
       tf.reshape(targets['void'], [1, P]), 7, 1.5, disc_seed)
   disc = instance_discrimination_loss.instance_discrimination(
-      tf.reshape(outputs[outputs_lib.PIXEL_FEATURE], [1, P, 4]),
-      tf.reshape(targets['gt_mask_ids'], [1, P]), samples, 0.3)
+      tf.gather(tf.reshape(outputs[outputs_lib.PIXEL_FEATURE], [1, P, 4]),
+                samples, batch_dims=1),
+      tf.gather(tf.reshape(targets['gt_mask_ids'], [1, P]), samples,
+                batch_dims=1), targets['gt_classes'].shape[-1], 0.3)
   np.testing.assert_allclose(losses['instance_discrimination'].numpy(),
                              disc.numpy()[0], rtol=1e-6)
   semantic = semantic_loss.semantic_loss(
