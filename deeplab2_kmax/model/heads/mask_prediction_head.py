@@ -48,7 +48,7 @@ class MaskPredictionHead(keras.layers.Layer):
     self.head_width = head_width
     self.pixel_conv = conv_bn.SeparableConvBN(
         head_width, 5, activation='gelu', name='pixel_space_head_conv')
-    self.pixel_final_conv = keras.layers.Conv2D(
+    self.pixel_final_conv = conv_bn.Conv2D(
         embedding_dim, 1, use_bias=True, name='pixel_space_head_final_conv',
         kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01))
     self.pixel_feature_bn = conv_bn.batch_norm(

@@ -92,7 +92,7 @@ class SemanticHead(keras.layers.Layer):
     self.head_conv = conv_bn.SeparableConvBN(head_channels, 5,
                                              activation='gelu',
                                              name='head_conv')
-    self.last_layer = keras.layers.Conv2D(
+    self.last_layer = conv_bn.Conv2D(
         num_classes, 1, use_bias=True, name='semantic_last_layer',
         kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.01))
 

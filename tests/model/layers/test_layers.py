@@ -1,6 +1,7 @@
 """Tests of the shared layers: conv/BN, batch norms, resize, blocks, fuse."""
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -117,10 +118,15 @@ def test_conv_bn_dilation():
   np.testing.assert_allclose(layer(x).numpy(), expected, atol=1e-4)
 
 
+@pytest.mark.parametrize('tapwise_min_pixels', [1, 10**9])
 @pytest.mark.parametrize('kernel_size', [1, 3, 5])
-def test_conv2d_for_training_equals_conv2d_and_its_gradients(kernel_size):
+def test_conv2d_for_training_equals_conv2d_and_its_gradients(
+    kernel_size, tapwise_min_pixels, monkeypatch):
   # Values and both gradients of the hand-written backward pass against
-  # TensorFlow's own, on an odd and an even map size.
+  # TensorFlow's own, on an odd and an even map size; the kernel gradient
+  # by one matmul per tap and by TensorFlow's filter gradient.
+  monkeypatch.setattr(conv_bn, '_TAPWISE_FILTER_GRADIENT_MIN_PIXELS',
+                      tapwise_min_pixels)
   for height, width in ((7, 6), (5, 9)):
     x = tf.constant(_random([2, height, width, 4], seed=kernel_size))
     kernel = tf.constant(_random([kernel_size, kernel_size, 4, 3], seed=9))
@@ -135,6 +141,48 @@ def test_conv2d_for_training_equals_conv2d_and_its_gradients(kernel_size):
                                          output_gradients=upstream))
     for got, want in zip(*results):
       np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('kernel_size', [3, 5])
+def test_depthwise_conv2d_for_training_equals_tf_and_its_gradients(
+    kernel_size):
+  for height, width in ((7, 6), (5, 9)):
+    x = tf.constant(_random([2, height, width, 4], seed=kernel_size))
+    kernel = tf.constant(_random([kernel_size, kernel_size, 4, 1], seed=3))
+    upstream = tf.constant(_random([2, height, width, 4], seed=4))
+    results = []
+    for conv in (conv_bn.depthwise_conv2d_for_training,
+                 lambda x, k: tf.nn.depthwise_conv2d(x, k, [1] * 4, 'SAME')):
+      with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        y = conv(x, kernel)
+      results.append([y] + tape.gradient(y, [x, kernel],
+                                         output_gradients=upstream))
+    for got, want in zip(*results):
+      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_layer_trains_like_keras_conv2d():
+  # conv_bn.Conv2D (1x1 with bias, as the heads use it) against Keras's own
+  # layer with the same weights: outputs and gradients.
+  x = tf.constant(_random([2, 5, 6, 4], seed=5))
+  ours = conv_bn.Conv2D(3, 1, use_bias=True)
+  theirs = keras.layers.Conv2D(3, 1, use_bias=True)
+  ours.build(x.shape)
+  theirs.build(x.shape)
+  theirs.set_weights([w + 0.5 for w in ours.get_weights()])
+  ours.set_weights(theirs.get_weights())
+  results = []
+  for layer in (ours, theirs):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x)
+      loss = tf.reduce_sum(y * tf.range(3, dtype=tf.float32))
+    results.append([y] + tape.gradient(loss, [x] + layer.trainable_weights))
+  for got, want in zip(*results):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  assert isinstance(keras.layers.deserialize(
+      keras.layers.serialize(ours)), conv_bn.Conv2D)
 
 
 @pytest.mark.parametrize('rate', [2, 6])
