@@ -49,16 +49,20 @@ class GroupedBatchNorm(keras.layers.Layer):
                        f'match parameter shape {self.param_shape}')
     if training:
       mean, variance = self._batch_moments(x)
-      self.moving_mean.assign(self.moving_mean * self.momentum +
-                              mean * (1.0 - self.momentum))
-      self.moving_variance.assign(self.moving_variance * self.momentum +
-                                  variance * (1.0 - self.momentum))
+      self.update_moving_statistics(mean, variance)
     else:
       mean, variance = self.moving_mean, self.moving_variance
     scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
     shift = self.beta - mean * scale
     # Statistics in float32; the map in the input's (compute) dtype.
     return x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
+
+  def update_moving_statistics(self, mean, variance):
+    """Moves the statistics towards a batch's (param_shape) mean, variance."""
+    self.moving_mean.assign(self.moving_mean * self.momentum +
+                            mean * (1.0 - self.momentum))
+    self.moving_variance.assign(self.moving_variance * self.momentum +
+                                variance * (1.0 - self.momentum))
 
   def _batch_moments(self, x):
     """Mean and variance over the reduced axes and over all replicas."""

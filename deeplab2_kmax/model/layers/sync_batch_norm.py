@@ -50,7 +50,8 @@ def cross_replica_sum(x):
   return total + (_sum_gradients_over_replicas(x) - tf.stop_gradient(x))
 
 
-def _single_replica():
+def single_replica():
+  """Whether the current replica context has one replica (or none)."""
   context = tf.distribute.get_replica_context()
   return context is None or context.num_replicas_in_sync == 1
 
@@ -80,7 +81,7 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
   def call(self, inputs, training=None, mask=None):
     if (training and self.trainable and mask is None and not self.renorm and
         self.scale and self.center and len(inputs.shape) == 4 and
-        self.axis in (-1, 3) and _single_replica()):
+        self.axis in (-1, 3) and single_replica()):
       return self._fused_training_call(inputs)
     return super().call(inputs, training=training, mask=mask)
 

@@ -185,3 +185,30 @@ def test_attention_1d_rejects_long_axis():
                                            num_heads=1)
   with pytest.raises(ValueError, match='130'):
     layer(tf.zeros([1, 130, 2]))
+
+
+def test_one_replica_training_kernel_equals_the_synchronized_graph(
+    monkeypatch):
+  """The one-replica XLA training attention against the general graph:
+  outputs, gradients of every weight and input, moving statistics."""
+  from deeplab2_kmax.model.layers import sync_batch_norm  # pylint: disable=import-outside-toplevel
+  rng = np.random.RandomState(3)
+  x = tf.constant(rng.normal(size=(3, 7, 5)).astype(np.float32))
+  upstream = tf.constant(rng.normal(size=(3, 7, 6)).astype(np.float32))
+  results = []
+  for single in (True, False):
+    monkeypatch.setattr(sync_batch_norm, 'single_replica', lambda s=single: s)
+    layer = axial_attention.AxialAttention1D(key_depth=4, value_depth=6,
+                                             num_heads=2)
+    layer(x)
+    _randomise(layer, np.random.RandomState(4))
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = layer(x, training=True)
+    grads = tape.gradient(y, [x] + layer.trainable_weights,
+                          output_gradients=upstream)
+    stats = [w for w in layer.non_trainable_weights]
+    results.append([y] + [tf.convert_to_tensor(g) for g in grads] + stats)
+  assert len(results[0]) == len(results[1])
+  for got, want in zip(*results):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
