@@ -234,10 +234,12 @@ class AxialAttention1D(keras.layers.Layer):
     if sync_batch_norm.single_replica():
       similarity = self.batch_norm_similarity
       output = self.batch_norm_retrieved_output
+      # Tensors, not Keras variables, as the compiled function's arguments.
       retrieved, *moments = _attention_training(
-          q, k, v, tf.cast(rpe_q, tf.float32), tf.cast(rpe_k, tf.float32),
-          tf.cast(rpe_v, tf.float32), similarity.gamma, similarity.beta,
-          float(similarity.epsilon), output.gamma, output.beta,
+          q, k, v, *(tf.cast(t, tf.float32) for t in (
+              rpe_q, rpe_k, rpe_v, similarity.gamma, similarity.beta)),
+          float(similarity.epsilon),
+          *(tf.cast(t, tf.float32) for t in (output.gamma, output.beta)),
           float(output.epsilon))
       similarity.update_moving_statistics(*moments[:2])
       output.update_moving_statistics(*moments[2:])

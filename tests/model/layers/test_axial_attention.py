@@ -202,11 +202,15 @@ def test_one_replica_training_kernel_equals_the_synchronized_graph(
                                              num_heads=2)
     layer(x)
     _randomise(layer, np.random.RandomState(4))
-    with tf.GradientTape() as tape:
-      tape.watch(x)
-      y = layer(x, training=True)
-    grads = tape.gradient(y, [x] + layer.trainable_weights,
-                          output_gradients=upstream)
+    @tf.function
+    def train_step(x, layer=layer):
+      with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=True)
+      return y, tape.gradient(y, [x] + layer.trainable_weights,
+                              output_gradients=upstream)
+
+    y, grads = train_step(x)
     stats = [w for w in layer.non_trainable_weights]
     results.append([y] + [tf.convert_to_tensor(g) for g in grads] + stats)
   assert len(results[0]) == len(results[1])
