@@ -219,9 +219,10 @@ def depthwise_conv2d_for_training(x, kernel):
 
   As in `conv2d_for_training`: the input gradient of a stride-1 'SAME'
   depthwise convolution is the depthwise convolution of the output gradient
-  with the kernel flipped in space, 3-4x faster here than TensorFlow's
-  DepthwiseConv2dNativeBackpropInput (5x5 on 161x161x256: 140 ms). The
-  kernel gradient stays TensorFlow's.
+  with the kernel flipped in space: for the 5x5 on 161x161x256 a profile
+  of the training step showed about 40 ms for that forward op against
+  140 ms for TensorFlow's DepthwiseConv2dNativeBackpropInput. The kernel
+  gradient stays TensorFlow's.
   """
   kernel = tf.cast(kernel, x.dtype)
   size = kernel.shape[0]
