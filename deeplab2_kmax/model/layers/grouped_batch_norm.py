@@ -32,16 +32,19 @@ class GroupedBatchNorm(keras.layers.Layer):
     self._reduce_axes = [a for a, d in enumerate(self.param_shape) if d == 1]
 
   def build(self, input_shape=None):
+    # autocast=False: read as float32 also inside a mixed-precision parent's
+    # call (the axial attention's training kernel reads them directly).
     self.gamma = self.add_weight(name='gamma', shape=self.param_shape,
-                                 initializer=self.gamma_initializer)
+                                 initializer=self.gamma_initializer,
+                                 autocast=False)
     self.beta = self.add_weight(name='beta', shape=self.param_shape,
-                                initializer='zeros')
+                                initializer='zeros', autocast=False)
     self.moving_mean = self.add_weight(
         name='moving_mean', shape=self.param_shape, initializer='zeros',
-        trainable=False)
+        trainable=False, autocast=False)
     self.moving_variance = self.add_weight(
         name='moving_variance', shape=self.param_shape, initializer='ones',
-        trainable=False)
+        trainable=False, autocast=False)
 
   def call(self, x, training=False):
     if len(x.shape) != len(self.param_shape):

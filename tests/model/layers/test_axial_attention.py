@@ -216,3 +216,17 @@ def test_one_replica_training_kernel_equals_the_synchronized_graph(
   assert len(results[0]) == len(results[1])
   for got, want in zip(*results):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_training_kernel_under_mixed_precision():
+  """Inside a bfloat16 parent the grouped norms' weights stay float32."""
+  import keras  # pylint: disable=import-outside-toplevel
+  layer = axial_attention.AxialAttention1D(key_depth=4, value_depth=6,
+                                           num_heads=2, dtype='mixed_bfloat16')
+  x = tf.random.stateless_normal([3, 7, 5], seed=[5, 5])
+  y = tf.function(lambda x: layer(x, training=True))(x)
+  assert y.dtype == tf.bfloat16
+  for bn in (layer.batch_norm_similarity, layer.batch_norm_retrieved_output):
+    assert bn.moving_mean.dtype == 'float32'
+    assert not np.allclose(bn.moving_mean.numpy(), 0.0)
+  assert keras.config.dtype_policy().name == 'float32'
