@@ -131,16 +131,22 @@ def test_conv2d_for_training_equals_conv2d_and_its_gradients(
     x = tf.constant(_random([2, height, width, 4], seed=kernel_size))
     kernel = tf.constant(_random([kernel_size, kernel_size, 4, 3], seed=9))
     upstream = tf.constant(_random([2, height, width, 3], seed=10))
-    results = []
-    for conv in (conv_bn.conv2d_for_training,
-                 lambda x, k: tf.nn.conv2d(x, k, 1, 'SAME')):
-      with tf.GradientTape() as tape:
-        tape.watch([x, kernel])
-        y = conv(x, kernel)
-      results.append([y] + tape.gradient(y, [x, kernel],
-                                         output_gradients=upstream))
-    for got, want in zip(*results):
-      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    _assert_same_values_and_gradients(
+        conv_bn.conv2d_for_training,
+        lambda x, k: tf.nn.conv2d(x, k, 1, 'SAME'), x, kernel, upstream)
+
+
+def _assert_same_values_and_gradients(conv, reference, x, kernel, upstream):
+  """conv(x, kernel) and its gradients for x and kernel equal reference's."""
+  results = []
+  for fn in (conv, reference):
+    with tf.GradientTape() as tape:
+      tape.watch([x, kernel])
+      y = fn(x, kernel)
+    results.append([y] + tape.gradient(y, [x, kernel],
+                                       output_gradients=upstream))
+  for got, want in zip(*results):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize('kernel_size', [3, 5])
@@ -150,16 +156,10 @@ def test_depthwise_conv2d_for_training_equals_tf_and_its_gradients(
     x = tf.constant(_random([2, height, width, 4], seed=kernel_size))
     kernel = tf.constant(_random([kernel_size, kernel_size, 4, 1], seed=3))
     upstream = tf.constant(_random([2, height, width, 4], seed=4))
-    results = []
-    for conv in (conv_bn.depthwise_conv2d_for_training,
-                 lambda x, k: tf.nn.depthwise_conv2d(x, k, [1] * 4, 'SAME')):
-      with tf.GradientTape() as tape:
-        tape.watch([x, kernel])
-        y = conv(x, kernel)
-      results.append([y] + tape.gradient(y, [x, kernel],
-                                         output_gradients=upstream))
-    for got, want in zip(*results):
-      np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    _assert_same_values_and_gradients(
+        conv_bn.depthwise_conv2d_for_training,
+        lambda x, k: tf.nn.depthwise_conv2d(x, k, [1] * 4, 'SAME'), x, kernel,
+        upstream)
 
 
 def test_conv2d_layer_trains_like_keras_conv2d():
