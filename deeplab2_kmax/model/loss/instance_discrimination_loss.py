@@ -104,11 +104,13 @@ def sample_features(pixel_feature, sample_indices, size):
   top, bottom, y_lerp = source(sample_indices // size[1], height, size[0])
   left, right, x_lerp = source(sample_indices % size[1], width, size[1])
 
-  def at(row, column):
-    return tf.gather(flat, row * width + column, batch_dims=1)  # [B, S, E]
+  def row_lerp(row):
+    """Interpolated along x on one source row: [B, S, E]."""
+    on_left = tf.gather(flat, row * width + left, batch_dims=1)
+    on_right = tf.gather(flat, row * width + right, batch_dims=1)
+    return on_left + (on_right - on_left) * x_lerp
 
-  upper = at(top, left) + (at(top, right) - at(top, left)) * x_lerp
-  lower = at(bottom, left) + (at(bottom, right) - at(bottom, left)) * x_lerp
+  upper, lower = row_lerp(top), row_lerp(bottom)
   return tf.math.l2_normalize(upper + (lower - upper) * y_lerp, axis=-1)
 
 

@@ -120,7 +120,8 @@ def match_final_prediction(class_logits, mask_logits, gt_masks, gt_classes,
 
 @dataclasses.dataclass(frozen=True)
 class _Prediction:
-  """One output (final or auxiliary) at the final resolution, float32."""
+  """One output (final or auxiliary); logits float32 at the final
+  resolution."""
   class_logits: tf.Tensor  # [B, N, K + 1]
   mask_logits: tf.Tensor  # [B, P, N]
   pixel_feature: tf.Tensor  # [B, h, w, E] at its own stride, or None
@@ -303,7 +304,9 @@ class KMaXLoss:
     return _summarise(per_image)
 
   def _predictions(self, outputs):
-    """The final and auxiliary predictions, flattened, float32; (h, w).
+    """The final and auxiliary predictions and the final (h, w).
+
+    Class and mask logits are float32, mask logits flattened to [B, P, N].
 
     Auxiliary mask logits are resized to the final h, w (bilinear, align
     corners); pixel features stay at their own resolution (see
