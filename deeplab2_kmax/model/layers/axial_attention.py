@@ -60,7 +60,8 @@ def _attention_inference(qkv, qkv_scale, qkv_shift, logit_scale, logit_shift,
 
 
 def _grouped_normalize(x, axes, gamma, beta, epsilon):
-  """GroupedBatchNorm's training formula on batch statistics over `axes`.
+  """GroupedBatchNorm's training map on the local batch statistics over
+  `axes` (one replica: no cross-replica sums inside the XLA kernel).
 
   Returns (normalised x, mean, variance); mean and variance have gamma's
   shape.
@@ -69,8 +70,8 @@ def _grouped_normalize(x, axes, gamma, beta, epsilon):
   variance = tf.maximum(
       tf.reduce_mean(tf.square(x), axes, keepdims=True) - tf.square(mean),
       0.0)
-  scale = gamma * tf.math.rsqrt(variance + epsilon)
-  return x * scale + (beta - mean * scale), mean, variance
+  return (grouped_batch_norm.normalize(x, mean, variance, gamma, beta,
+                                       epsilon), mean, variance)
 
 
 @tf.function(jit_compile=True)

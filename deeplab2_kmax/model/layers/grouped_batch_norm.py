@@ -14,6 +14,17 @@ from deeplab2_kmax.model.layers import conv_bn
 from deeplab2_kmax.model.layers import sync_batch_norm
 
 
+def normalize(x, mean, variance, gamma, beta, epsilon):
+  """The batch-norm map x * scale + shift, scale = gamma / sqrt(var + eps).
+
+  Scale and shift are computed in float32 from float32 statistics and
+  parameters; the map runs in x's (compute) dtype.
+  """
+  scale = gamma * tf.math.rsqrt(variance + epsilon)
+  shift = beta - mean * scale
+  return x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
+
+
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class GroupedBatchNorm(keras.layers.Layer):
   """Batch norm with parameters of shape `param_shape` (broadcast to input)."""
@@ -55,17 +66,14 @@ class GroupedBatchNorm(keras.layers.Layer):
       self.update_moving_statistics(mean, variance)
     else:
       mean, variance = self.moving_mean, self.moving_variance
-    scale = self.gamma * tf.math.rsqrt(variance + self.epsilon)
-    shift = self.beta - mean * scale
-    # Statistics in float32; the map in the input's (compute) dtype.
-    return x * tf.cast(scale, x.dtype) + tf.cast(shift, x.dtype)
+    return normalize(x, mean, variance, self.gamma, self.beta, self.epsilon)
 
   def update_moving_statistics(self, mean, variance):
     """Moves the statistics towards a batch's (param_shape) mean, variance."""
-    self.moving_mean.assign(self.moving_mean * self.momentum +
-                            mean * (1.0 - self.momentum))
-    self.moving_variance.assign(self.moving_variance * self.momentum +
-                                variance * (1.0 - self.momentum))
+    sync_batch_norm.update_moving_average(self.moving_mean, mean,
+                                          self.momentum)
+    sync_batch_norm.update_moving_average(self.moving_variance, variance,
+                                          self.momentum)
 
   def _batch_moments(self, x):
     """Mean and variance over the reduced axes and over all replicas."""

@@ -56,6 +56,12 @@ def single_replica():
   return context is None or context.num_replicas_in_sync == 1
 
 
+def update_moving_average(variable, value, momentum):
+  """variable <- variable * momentum + value * (1 - momentum), in float32."""
+  variable.assign(tf.cast(variable, tf.float32) * momentum +
+                  value * (1.0 - momentum))
+
+
 def sync_moments(x, axes):
   """Mean and variance over `axes` of `x` and over all replicas (float32)."""
   x = tf.cast(x, tf.float32)
@@ -94,13 +100,8 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
     # Keras's moving statistics use the biased one.
     count = tf.cast(tf.size(x) // tf.shape(x)[-1], tf.float32)
     variance *= tf.math.divide_no_nan(count - 1.0, count)
-    momentum = self.momentum
-    self.moving_mean.assign(
-        tf.cast(self.moving_mean, tf.float32) * momentum +
-        mean * (1.0 - momentum))
-    self.moving_variance.assign(
-        tf.cast(self.moving_variance, tf.float32) * momentum +
-        variance * (1.0 - momentum))
+    update_moving_average(self.moving_mean, mean, self.momentum)
+    update_moving_average(self.moving_variance, variance, self.momentum)
     return tf.cast(y, self.compute_dtype)
 
   def _moments(self, inputs, mask):
