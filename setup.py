@@ -40,6 +40,12 @@ setuptools.setup(
                  'for panoptic segmentation, in TensorFlow 2 / Keras 3.'),
     python_requires='>=3.11,<3.12',
     packages=setuptools.find_packages(include=['deeplab2_kmax', 'deeplab2_kmax.*']),
+    # The evaluation's PNG reader (evaluation/png_ids.py). Optional: without a
+    # C compiler the package installs and the evaluation uses pyspng.
+    ext_modules=[setuptools.Extension(
+        'deeplab2_kmax.evaluation._png_ids',
+        sources=['deeplab2_kmax/evaluation/_png_ids.c'],
+        extra_compile_args=['-O3'], optional=True)],
     package_data={'deeplab2_kmax': ['data/*.json',
                                    'data/categories/*.json']},
     install_requires=[
@@ -53,9 +59,11 @@ setuptools.setup(
         'pycocotools>=2.0.7,<3',
         'tensorflow-datasets>=4.9,<5',
         'Pillow>=10,<14',
-        # Fast PNG decoders of the COCO panoptic evaluation (it falls back to
-        # Pillow without them): libspng, fastest in one thread, and OpenCV,
+        # PNG decoders of the COCO panoptic evaluation, used where the
+        # package's own reader (libdeflate + evaluation/_png_ids.c) was not
+        # built (it falls back to Pillow without them): libspng, and OpenCV,
         # which decodes without the GIL (threads).
+        'deflate>=0.7,<1',  # libdeflate, for the evaluation's PNG reader
         'pyspng>=0.1.2,<0.2',
         'opencv-python-headless>=4.8,<6',
         'tqdm>=4.60,<5',

@@ -11,7 +11,7 @@ re-classed or merged and false positives added; segment ids are random
                 core function it runs (`pq_compute_single_core`; it decodes
                 with Pillow)
   ours          `coco_format.evaluate_folders` with each installed PNG
-                decoder (pyspng, opencv, pillow) on 1 and on --threads
+                decoder (builtin, pyspng, opencv, pillow) on 1 and on --threads
                 threads; `ours_default` is its default configuration
                 (the first installed decoder) on --threads threads
   png_decode    only reading the PNGs (both sides) into ids with each

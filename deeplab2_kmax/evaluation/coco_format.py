@@ -15,8 +15,9 @@ a prediction for every GT image, a readable PNG for every annotation, every
 non-zero id of a predicted PNG listed in its `segments_info`, every listed
 segment present in the PNG, known category ids, and equal GT / prediction
 sizes; besides malformed JSON, duplicate ids and segment id 0 in a list.
-Decoding the PNGs is most of its time: it uses libspng (pyspng) or OpenCV
-where installed (the same pixels as Pillow, faster; see `PNG_DECODERS`)
+Decoding the PNGs is most of its time: it uses the package's own reader
+(`png_ids`: libdeflate and a C loop), or else libspng (pyspng) or OpenCV
+where installed (the same pixels as Pillow, faster; see `PNG_DECODERS`),
 and evaluates images in a pool of threads.
 
 `PanopticFolderWriter` writes labels `semantic_id * label_divisor +
@@ -34,6 +35,7 @@ from PIL import Image
 
 from deeplab2_kmax import io_utils
 from deeplab2_kmax.evaluation import panoptic_quality
+from deeplab2_kmax.evaluation import png_ids
 
 MAX_ID = (1 << 24) - 1  # ids fit 24 bits of RGB
 
@@ -43,12 +45,12 @@ class CocoFormatError(ValueError):
 
 
 # PNG ids -------------------------------------------------------------------
-# Decoders of 8-bit RGB(A) PNGs, all giving Pillow's pixels, fastest first
-# (1,000 COCO-sized PNGs to ids in one thread: pyspng 2.2 s, OpenCV 3.0 s,
-# Pillow 3.5 s; docs/benchmarks.md). Decoding is most of the time of an
-# evaluation. libspng (pyspng) holds the GIL, so threads overlap only the
-# rest of the work; OpenCV and Pillow release it, so they can be faster
-# with several free cores.
+# Decoders of 8-bit RGB(A) PNGs, all giving Pillow's pixels, fastest first.
+# Decoding is most of the time of an evaluation. 'builtin' is the package's
+# own reader (`png_ids`: libdeflate and a C loop, both without the GIL, so
+# threads decode side by side); it is there when the package's C extension
+# was built. Of the others, libspng (pyspng) is fastest in one thread but
+# holds the GIL; OpenCV and Pillow release it. Timings in docs/benchmarks.md.
 try:
   import pyspng
 except ImportError:  # optional: OpenCV or Pillow decode instead (slower)
@@ -58,14 +60,15 @@ try:
 except ImportError:
   cv2 = None
 
-PNG_DECODERS = ('pyspng', 'opencv', 'pillow')
+PNG_DECODERS = ('builtin', 'pyspng', 'opencv', 'pillow')
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
 def available_png_decoders():
   """The names of PNG_DECODERS whose package is installed, fastest first."""
-  return tuple(name for name, module in zip(PNG_DECODERS,
-                                            (pyspng, cv2, True)) if module)
+  installed = (png_ids.available(), pyspng, cv2, True)
+  return tuple(name for name, module in zip(PNG_DECODERS, installed)
+               if module)
 
 
 def _checked_png_decoder(decoder):
@@ -113,7 +116,11 @@ def read_id_png(path, where, decoder=None):
   try:
     with open(path, 'rb') as f:
       data = f.read()
-    if decoder == 'pillow' or not _is_8bit_rgb_png(data):
+    if decoder == 'builtin':
+      ids = png_ids.decode_ids(data)
+      if ids is not None:
+        return ids
+    if decoder in ('builtin', 'pillow') or not _is_8bit_rgb_png(data):
       with Image.open(io.BytesIO(data)) as image:
         return image_to_ids(image, f'{where}: PNG {path}')
     rgba = _decode_rgba(data, decoder)

@@ -39,8 +39,7 @@ _NUM_THREADS = flags.DEFINE_integer(
 _PNG_DECODER = flags.DEFINE_enum(
     'png_decoder', None, coco_format.PNG_DECODERS,
     'PNG decoder (installed ones only); default: the fastest installed one '
-    '(pyspng, then opencv, then pillow). opencv decodes without the GIL and '
-    'can be faster with many free CPUs.')
+    '(builtin, the package\'s own reader, then pyspng, opencv, pillow).')
 
 
 def evaluate(gt_json, gt_dir, pred_json, pred_dir, output_json=None,

@@ -9,6 +9,7 @@ from PIL import Image
 
 from deeplab2_kmax.data import dataset_info
 from deeplab2_kmax.evaluation import coco_format
+from deeplab2_kmax.evaluation import png_ids
 
 INFO = dataset_info.get_dataset_info('synthetic_panoptic')  # divisor 256
 GT = np.array([[257, 257, 0, 1024],
@@ -52,7 +53,9 @@ def test_png_decoder_choice(monkeypatch, tmp_path):
   assert coco_format.available_png_decoders()[-1] == 'pillow'
   with pytest.raises(ValueError, match="PNG decoder 'jpeg' is not installed"):
     coco_format.read_id_png('a.png', 'x', 'jpeg')
-  # Without pyspng and OpenCV, Pillow decodes everything.
+  assert coco_format.available_png_decoders()[0] == 'builtin'
+  # Without the package's reader, pyspng and OpenCV, Pillow decodes all.
+  monkeypatch.setattr(png_ids, '_png_ids', None)
   monkeypatch.setattr(coco_format, 'pyspng', None)
   monkeypatch.setattr(coco_format, 'cv2', None)
   assert coco_format.available_png_decoders() == ('pillow',)
@@ -60,8 +63,9 @@ def test_png_decoder_choice(monkeypatch, tmp_path):
   coco_format.write_id_png(path, [[1, 256], [65536, 0]])
   np.testing.assert_array_equal(coco_format.read_id_png(path, 'x'),
                                 [[1, 256], [65536, 0]])
-  with pytest.raises(ValueError, match="'pyspng' is not installed"):
-    coco_format.read_id_png(path, 'x', 'pyspng')
+  for decoder in ('builtin', 'pyspng'):
+    with pytest.raises(ValueError, match=f"'{decoder}' is not installed"):
+      coco_format.read_id_png(path, 'x', decoder)
 
 
 def test_segments_from_panoptic():
