@@ -59,11 +59,11 @@ setuptools.setup(
         'pycocotools>=2.0.7,<3',
         'tensorflow-datasets>=4.9,<5',
         'Pillow>=10,<14',
+        'deflate>=0.7,<1',  # libdeflate, for the evaluation's PNG reader
         # PNG decoders of the COCO panoptic evaluation, used where the
         # package's own reader (libdeflate + evaluation/_png_ids.c) was not
         # built (it falls back to Pillow without them): libspng, and OpenCV,
         # which decodes without the GIL (threads).
-        'deflate>=0.7,<1',  # libdeflate, for the evaluation's PNG reader
         'pyspng>=0.1.2,<0.2',
         'opencv-python-headless>=4.8,<6',
         'tqdm>=4.60,<5',
