@@ -85,14 +85,17 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
     super().__init__(**kwargs)
 
   def call(self, inputs, training=None, mask=None):
+    rank = len(inputs.shape)
     if (training and self.trainable and mask is None and not self.renorm and
-        self.scale and self.center and len(inputs.shape) == 4 and
-        self.axis in (-1, 3) and single_replica()):
+        self.scale and self.center and rank in (3, 4) and
+        self.axis in (-1, rank - 1) and single_replica()):
+      if rank == 3:  # [N, L, C] as [N, L, 1, C]: the same statistics
+        return self._fused_training_call(inputs[:, :, None])[:, :, 0]
       return self._fused_training_call(inputs)
     return super().call(inputs, training=training, mask=mask)
 
   def _fused_training_call(self, inputs):
-    x = tf.cast(inputs, tf.float32)
+    x = tf.cast(inputs, tf.float32)  # [N, H, W, C]
     y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
         x, tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32),
         epsilon=self.epsilon, is_training=True)

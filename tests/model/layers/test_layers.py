@@ -149,17 +149,42 @@ def _assert_same_values_and_gradients(conv, reference, x, kernel, upstream):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize('kernel_size', [3, 5])
+@pytest.mark.parametrize('batch', [1, 2])
+@pytest.mark.parametrize('kernel_size', [3, 5, 7])
 def test_depthwise_conv2d_for_training_equals_tf_and_its_gradients(
-    kernel_size):
-  for height, width in ((7, 6), (5, 9)):
-    x = tf.constant(_random([2, height, width, 4], seed=kernel_size))
+    kernel_size, batch):
+  # 5x5 and 7x7 kernel gradients by a depthwise conv with the output
+  # gradient as the kernel; maps smaller than the kernel too.
+  for height, width in ((7, 6), (5, 9), (3, 2)):
+    x = tf.constant(_random([batch, height, width, 4], seed=kernel_size))
     kernel = tf.constant(_random([kernel_size, kernel_size, 4, 1], seed=3))
-    upstream = tf.constant(_random([2, height, width, 4], seed=4))
+    upstream = tf.constant(_random([batch, height, width, 4], seed=4))
     _assert_same_values_and_gradients(
         conv_bn.depthwise_conv2d_for_training,
         lambda x, k: tf.nn.depthwise_conv2d(x, k, [1] * 4, 'SAME'), x, kernel,
         upstream)
+
+
+def test_depthwise_kernel_gradient_with_an_unknown_batch():
+  x = tf.constant(_random([2, 6, 7, 3], seed=1))
+  kernel = tf.constant(_random([5, 5, 3, 1], seed=2))
+
+  def kernel_gradient(conv):
+    @tf.function(input_signature=[tf.TensorSpec([None, 6, 7, 3]),
+                                  tf.TensorSpec([5, 5, 3, 1])])
+    def step(x, kernel):
+      with tf.GradientTape() as tape:
+        tape.watch(kernel)
+        y = conv(x, kernel)
+        loss = tf.reduce_sum(y * y)
+      return tape.gradient(loss, kernel)
+    return step(x, kernel)
+
+  np.testing.assert_allclose(
+      kernel_gradient(conv_bn.depthwise_conv2d_for_training),
+      kernel_gradient(lambda x, k: tf.nn.depthwise_conv2d(x, k, [1] * 4,
+                                                          'SAME')),
+      rtol=1e-4, atol=1e-4)
 
 
 def test_conv2d_layer_trains_like_keras_conv2d():

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from deeplab2_kmax.model.layers import sync_batch_norm
@@ -20,6 +21,7 @@ def test_moments_without_replicas_equal_tf_moments():
 
 _TWO_REPLICAS = """
 import numpy as np
+import pytest
 import tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
@@ -68,11 +70,13 @@ def _keras_formula(layer, x, training):
       x, training=training)
 
 
-def test_fused_single_replica_training_equals_the_keras_formula():
-  # One replica, 4-D input: FusedBatchNormV3. Outputs, gradients and moving
-  # statistics must equal the Keras formula (sync_moments) it replaces.
-  x = tf.random.stateless_normal([2, 7, 5, 6], seed=[3, 4]) * 3.0 + 1.5
-  upstream = tf.random.stateless_normal([2, 7, 5, 6], seed=[5, 6])
+@pytest.mark.parametrize('shape', [[2, 7, 5, 6], [3, 7, 6]])
+def test_fused_single_replica_training_equals_the_keras_formula(shape):
+  # One replica, 4-D or 3-D input (as the axial attention's [N, L, C]):
+  # FusedBatchNormV3. Outputs, gradients and moving statistics must equal
+  # the Keras formula (sync_moments) it replaces.
+  x = tf.random.stateless_normal(shape, seed=[3, 4]) * 3.0 + 1.5
+  upstream = tf.random.stateless_normal(shape, seed=[5, 6])
   results = []
   for fused in (True, False):
     layer = sync_batch_norm.SyncBatchNormalization(momentum=0.9,
@@ -91,14 +95,15 @@ def test_fused_single_replica_training_equals_the_keras_formula():
   for got, want in zip(*results):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
   # The moving variance moved towards the biased batch variance.
-  _, variance = tf.nn.moments(x, [0, 1, 2])
+  _, variance = tf.nn.moments(x, list(range(len(shape) - 1)))
   np.testing.assert_allclose(results[0][-1], 0.9 + 0.1 * variance.numpy(),
                              rtol=1e-5)
 
 
-def test_fused_path_is_used_only_in_training_on_one_replica():
+@pytest.mark.parametrize('shape', [[1, 3, 3, 2], [1, 3, 2]])
+def test_fused_path_is_used_only_in_training_on_one_replica(shape):
   layer = sync_batch_norm.SyncBatchNormalization()
-  x = tf.ones([1, 3, 3, 2])
+  x = tf.ones(shape)
   graph = tf.function(lambda x: layer(x, training=True)).get_concrete_function(
       x).graph
   assert any(op.type.startswith('FusedBatchNorm')
