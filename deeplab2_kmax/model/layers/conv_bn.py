@@ -256,16 +256,18 @@ def depthwise_conv2d_for_training(x, kernel):
   kernel = tf.cast(kernel, x.dtype)
   size = kernel.shape[0]
   strides = [1, 1, 1, 1]
-  if (size % 2 != 1 or kernel.shape[1] != size or kernel.shape[3] != 1 or
-      None in x.shape[1:]):
+  if size % 2 != 1 or kernel.shape[1] != size or kernel.shape[3] != 1:
     return tf.nn.depthwise_conv2d(x, kernel, strides, 'SAME')
+  # The kernel gradient as a conv needs the map's size as a static shape.
+  conv_kernel_gradient = (size >= _DEPTHWISE_CONV_KERNEL_GRADIENT_MIN_SIZE and
+                          None not in x.shape[1:])
 
   @tf.custom_gradient
   def conv(x, kernel):
     def grad(dy):
       dx = tf.nn.depthwise_conv2d(dy, tf.reverse(kernel, [0, 1]), strides,
                                   'SAME')
-      if size >= _DEPTHWISE_CONV_KERNEL_GRADIENT_MIN_SIZE:
+      if conv_kernel_gradient:
         dk = _depthwise_kernel_gradient(x, dy, size)
       else:
         dk = tf.compat.v1.nn.depthwise_conv2d_native_backprop_filter(

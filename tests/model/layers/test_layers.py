@@ -165,12 +165,14 @@ def test_depthwise_conv2d_for_training_equals_tf_and_its_gradients(
         upstream)
 
 
-def test_depthwise_kernel_gradient_with_an_unknown_batch():
+@pytest.mark.parametrize('spec', [[None, 6, 7, 3], [None, None, None, 3]])
+def test_depthwise_kernel_gradient_with_an_unknown_batch_or_size(spec):
+  # An unknown map size keeps TensorFlow's kernel gradient.
   x = tf.constant(_random([2, 6, 7, 3], seed=1))
   kernel = tf.constant(_random([5, 5, 3, 1], seed=2))
 
   def kernel_gradient(conv):
-    @tf.function(input_signature=[tf.TensorSpec([None, 6, 7, 3]),
+    @tf.function(input_signature=[tf.TensorSpec(spec),
                                   tf.TensorSpec([5, 5, 3, 1])])
     def step(x, kernel):
       with tf.GradientTape() as tape:
