@@ -78,59 +78,56 @@ static inline Py_ssize_t zero_pixels(const uint8_t *in, Py_ssize_t count,
   return (byte - in) / channels;
 }
 
+/* The predictor of filter 1..4 (Sub, Up, Average, Paeth) from the pixels to
+ * the left, above and above-left; 0 for filter 0 (None). */
+static inline uint32_t predict(int filter, uint32_t left, uint32_t up,
+                               uint32_t upleft) {
+  switch (filter) {
+    case 1: return left;
+    case 2: return up;
+    case 3: return average_bytes(left, up);
+    case 4: return paeth(left, up, upleft);
+    default: return 0;
+  }
+}
+
 /* Undoes filter `filter` of one row: `in` [width * channels] filtered bytes,
  * `up` [width] the ids above, `out` [width]. Pixels whose filtered bytes
  * are zero (most of them) take their predictor as it is, by runs; the others
  * add it byte by byte. Returns 0, or -1 for an unknown filter type. */
 static int unfilter_row(int filter, const uint8_t *in, const uint32_t *up,
                         Py_ssize_t width, int channels, uint32_t *out) {
+  if (filter > 4) return -1;
   Py_ssize_t x = 0;
   while (x < width) {
-    Py_ssize_t run = zero_pixels(in + x * channels, width - x, channels);
-    const Py_ssize_t stop = x + run;  /* [x, stop): predictor as it is */
-    switch (filter) {
-      case 0:  /* None */
-        memset(out + x, 0, (size_t)run * sizeof(uint32_t));
-        break;
-      case 1:  /* Sub: the pixel to the left */
-        for (; x < stop; ++x) out[x] = x ? out[x - 1] : 0;
-        break;
-      case 2:  /* Up: the pixel above */
-        memcpy(out + x, up + x, (size_t)run * sizeof(uint32_t));
-        break;
-      case 3:  /* Average of left and above */
-        for (; x < stop; ++x) out[x] = average_bytes(x ? out[x - 1] : 0, up[x]);
-        break;
-      case 4:  /* Paeth of left, above and above-left */
-        for (; x < stop; ++x) {
-          const uint32_t upleft = x ? up[x - 1] : 0;
-          if (x && out[x - 1] == upleft) {
-            /* Then the predictor is the pixel above, and the pixel equals
-             * it, so the same holds for the next pixel: copy the rest. */
-            memcpy(out + x, up + x, (size_t)(stop - x) * sizeof(uint32_t));
-            break;
-          }
-          out[x] = paeth(x ? out[x - 1] : 0, up[x], upleft);
-        }
-        break;
-      default:
-        return -1;
+    const Py_ssize_t stop =  /* [x, stop): predictor as it is */
+        x + zero_pixels(in + x * channels, width - x, channels);
+    if (filter == 0) {
+      memset(out + x, 0, (size_t)(stop - x) * sizeof(uint32_t));
+      x = stop;
+    } else if (filter == 2) {
+      memcpy(out + x, up + x, (size_t)(stop - x) * sizeof(uint32_t));
+      x = stop;
     }
-    x = stop;
+    for (; x < stop; ++x) {
+      const uint32_t left = x ? out[x - 1] : 0, upleft = x ? up[x - 1] : 0;
+      if (filter == 4 && x && left == upleft) {
+        /* Paeth's predictor is then the pixel above, and the pixel equals
+         * it, so the same holds for the next pixel: copy the rest. */
+        memcpy(out + x, up + x, (size_t)(stop - x) * sizeof(uint32_t));
+        x = stop;
+        break;
+      }
+      out[x] = predict(filter, left, up[x], upleft);
+    }
     if (x == width) break;
     /* One pixel with a non-zero filtered byte. */
-    const uint32_t left = x ? out[x - 1] : 0, upleft = x ? up[x - 1] : 0;
-    uint32_t predictor = 0;
-    switch (filter) {
-      case 1: predictor = left; break;
-      case 2: predictor = up[x]; break;
-      case 3: predictor = average_bytes(left, up[x]); break;
-      case 4: predictor = paeth(left, up[x], upleft); break;
-    }
-    out[x] = add_bytes(load_rgb(in + x * channels), predictor);
+    out[x] = add_bytes(load_rgb(in + x * channels),
+                       predict(filter, x ? out[x - 1] : 0, up[x],
+                               x ? up[x - 1] : 0));
     ++x;
   }
-  return filter <= 4 ? 0 : -1;
+  return 0;
 }
 
 /* Undoes the filters of `height` rows (each a filter-type byte and
