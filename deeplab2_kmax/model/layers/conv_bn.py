@@ -30,6 +30,7 @@ from deeplab2_kmax.model.layers import sync_batch_norm
 BN_MOMENTUM = 0.99
 BN_EPSILON = 1e-3
 _SQRT_HALF = 0.7071067811865476
+_INV_SQRT_2PI = 0.3989422804014327
 
 
 def batch_norm(name, gamma_initializer='ones', axis=-1):
@@ -64,10 +65,38 @@ def elementwise_kernel(fn):
   return run
 
 
-@elementwise_kernel
-def gelu(x):
-  """Exact GELU, 0.5 x (1 + erf(x / sqrt(2)))."""
+def _gelu(x):
   return 0.5 * x * (1.0 + tf.math.erf(x * _SQRT_HALF))
+
+
+@tf.function(jit_compile=True)
+def _gelu_gradient(x, dy):
+  """dy * GELU'(x), GELU'(x) = Phi(x) + x phi(x), as one XLA kernel."""
+  cdf = 0.5 * (1.0 + tf.math.erf(x * _SQRT_HALF))
+  pdf = tf.exp(-0.5 * tf.square(x)) * _INV_SQRT_2PI
+  return dy * (cdf + x * pdf)
+
+
+_gelu_kernel = tf.function(_gelu, jit_compile=True)
+
+
+@tf.custom_gradient
+def _gelu_with_xla_gradient(x):
+  def grad(dy):
+    return _gelu_gradient(x, dy)
+  return _gelu_kernel(x), grad
+
+
+def gelu(x):
+  """Exact GELU, 0.5 x (1 + erf(x / sqrt(2))).
+
+  On large tensors one XLA kernel each way, with the gradient written out:
+  only x is kept for the backward pass. (Differentiating through the
+  compiled forward instead makes XLA return the intermediates its gradient
+  needs, x / sqrt(2), erf, ...: about two extra copies of x per GELU kept
+  alive until the backward pass, hundreds of MiB in a kMaX training step.)
+  """
+  return (_gelu_with_xla_gradient if use_xla(x) else _gelu)(x)
 
 
 # Plain ReLU: grappler fuses it into the preceding add / convolution.

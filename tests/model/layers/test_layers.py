@@ -105,6 +105,54 @@ def test_conv_bn_stride_1_keeps_size_and_applies_gelu():
   np.testing.assert_allclose(layer(x).numpy(), expected, atol=1e-4)
 
 
+@pytest.mark.parametrize('shape', [[2, 3, 5, 7], [1, 65, 65, 64]])
+@pytest.mark.parametrize('in_function', [False, True])
+def test_gelu_and_its_gradient_equal_exact_gelu(shape, in_function):
+  # The second shape is above conv_bn._XLA_MIN_ELEMENTS: the XLA kernels
+  # with the hand-written gradient; the first takes the plain ops.
+  x = tf.constant(_random(shape, seed=5) * 3.0)
+  weights = tf.constant(_random(shape, seed=6))
+
+  def value_and_gradient(gelu):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = gelu(x)
+      loss = tf.reduce_sum(y * weights)
+    return y, tape.gradient(loss, x)
+
+  def exact(t):
+    return tf.nn.gelu(t, approximate=False)
+
+  if in_function:
+    y, dx = tf.function(lambda: value_and_gradient(conv_bn.gelu))()
+  else:
+    y, dx = value_and_gradient(conv_bn.gelu)
+  expected_y, expected_dx = value_and_gradient(exact)
+  np.testing.assert_allclose(y.numpy(), expected_y.numpy(), atol=2e-6)
+  np.testing.assert_allclose(dx.numpy(), expected_dx.numpy(), atol=2e-6)
+
+
+def test_gelu_keeps_only_its_input_for_the_backward_pass():
+  # Differentiating through a compiled forward makes TensorFlow rewrite the
+  # call to also return the intermediates of the gradient; with the
+  # hand-written gradient every compiled call keeps its single output.
+  spec = tf.TensorSpec([1, 65, 65, 64], tf.float32)
+
+  @tf.function(input_signature=[spec])
+  def gradient(x):
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      loss = tf.reduce_sum(conv_bn.gelu(x) * x)
+    return tape.gradient(loss, x)
+
+  graph = gradient.get_concrete_function().graph
+  calls = [op for op in graph.get_operations()
+           if op.type in ('PartitionedCall', 'StatefulPartitionedCall')]
+  assert len(calls) == 2  # the forward and the gradient kernel
+  assert all(len(op.outputs) == 1 for op in calls), [
+      (op.name, len(op.outputs)) for op in calls]
+
+
 def test_conv_bn_dilation():
   rng = np.random.RandomState(4)
   layer = conv_bn.ConvBN(3, 3, dilation_rate=2)
