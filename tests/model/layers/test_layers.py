@@ -602,6 +602,36 @@ def test_tapwise_dilated_conv_equals_dilated_conv(size, rate):
   np.testing.assert_allclose(actual, expected, atol=1e-4)
 
 
+@pytest.mark.parametrize('size,rate', [((9, 7), 2), ((9, 7), 6), ((5, 11), 6),
+                                       ((21, 21), 18)])
+@pytest.mark.parametrize('in_function', [False, True])
+def test_tapwise_dilated_conv_gradients_equal_dilated_conv(size, rate,
+                                                           in_function):
+  # Some of these taps fall wholly in the padding (rate >= a side): their
+  # kernel gradient must be exactly zero, as TensorFlow's.
+  x = tf.random.normal([2, *size, 6], seed=rate)
+  kernel = tf.random.normal([3, 3, 6, 5], seed=1)
+  upstream = tf.random.normal([2, *size, 5], seed=2)
+
+  def gradients(conv):
+    with tf.GradientTape() as tape:
+      tape.watch([x, kernel])
+      y = conv(x, kernel)
+    return tape.gradient(y, [x, kernel], output_gradients=upstream)
+
+  def tapwise(x, kernel):
+    return conv_bn._tapwise_dilated_conv(x, kernel, rate)  # pylint: disable=protected-access
+
+  def dilated(x, kernel):
+    return tf.nn.convolution(x, kernel, padding='SAME', dilations=rate)
+
+  got = (tf.function(lambda: gradients(tapwise))() if in_function else
+         gradients(tapwise))
+  want = gradients(dilated)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_useful_fraction_counts_taps_inside_the_map():
   # pylint: disable=protected-access
   assert conv_bn._useful_fraction(3, 1, 9, 9) == pytest.approx(
