@@ -153,6 +153,16 @@ def test_gelu_keeps_only_its_input_for_the_backward_pass():
       (op.name, len(op.outputs)) for op in calls]
 
 
+def test_gelu_without_a_tape_has_no_custom_gradient_ops():
+  # At inference the custom gradient's IdentityN only costs memory.
+  graph = tf.function(conv_bn.gelu).get_concrete_function(
+      tf.TensorSpec([1, 65, 65, 64], tf.float32)).graph
+  types = [op.type for op in graph.get_operations()]
+  assert 'IdentityN' not in types
+  assert types.count('StatefulPartitionedCall') + types.count(
+      'PartitionedCall') == 1
+
+
 def test_conv_bn_dilation():
   rng = np.random.RandomState(4)
   layer = conv_bn.ConvBN(3, 3, dilation_rate=2)
