@@ -15,12 +15,11 @@ one XLA-compiled elementwise kernel (TensorFlow's own exact GELU makes
 several passes over memory and is ~4x slower on CPU), or, for ReLU after a
 convolution, an inference FusedBatchNorm that grappler fuses into it; and
 convolutions call tf.nn.conv2d directly (Keras routes dilated convolutions through
-space-to-batch, up to 3x slower on the ASPP's rates); a dilated convolution
-whose taps mostly read padding runs tap by tap over the valid regions, in
-training too; other dilated convolutions keep the space-to-batch route in
-training, the only one with a CPU gradient. In training, stride-1
+space-to-batch, up to 3x slower on the ASPP's rates). In training, stride-1
 convolutions use `conv2d_for_training`, whose input gradient is a forward
-convolution (faster than TensorFlow's Conv2DBackpropInput on CPU).
+convolution (faster than TensorFlow's Conv2DBackpropInput on CPU), and
+dilated ones `dilated_conv2d_for_training` (TensorFlow's CPU kernels have
+no dilated conv2d gradient).
 """
 import keras
 import tensorflow as tf
@@ -173,26 +172,11 @@ def batch_norm_activation(bn, x, activation, training):
   return _AFFINE_ACTIVATIONS[activation](x, *inference_affine(bn, x.dtype))
 
 
-# A dilated convolution whose taps mostly read padding (ASPP rates on small
-# maps) runs tap by tap over the valid regions only below this fraction of
-# useful multiply-adds.
-_TAPWISE_MAX_FRACTION = 0.75
-
-
 def _tap_offsets(kernel_size, rate, length):
   """[(tap index, offset)] of the taps that read inside an axis of `length`."""
   center = kernel_size // 2
   return [(i, (i - center) * rate) for i in range(kernel_size)
           if abs((i - center) * rate) < length]
-
-
-def _useful_fraction(kernel_size, rate, height, width):
-  """Share of a 'SAME' dilated conv's multiply-adds that do not hit padding."""
-  rows = sum(height - abs(o) for _, o in _tap_offsets(kernel_size, rate,
-                                                        height))
-  cols = sum(width - abs(o) for _, o in _tap_offsets(kernel_size, rate,
-                                                       width))
-  return rows * cols / (kernel_size**2 * height * width)
 
 
 # From this many pixels per map (stride 8 of a 641 crop and finer), the
@@ -336,63 +320,55 @@ class Conv2D(keras.layers.Conv2D):
 
 
 def _tap_regions(kernel_shape, rate, height, width):
-  """(tap i, tap j, input slice, output slice, output padding) of each tap of
-  a 'SAME' dilated conv that reads inside an [height, width] map."""
+  """(tap i, tap j, input slice, output slice) of each tap of a 'SAME'
+  dilated conv that reads inside an [height, width] map."""
   for i, dy in _tap_offsets(kernel_shape[0], rate, height):
     y0, y1 = max(0, -dy), height - max(0, dy)  # output rows this tap reaches
     for j, dx in _tap_offsets(kernel_shape[1], rate, width):
       x0, x1 = max(0, -dx), width - max(0, dx)
       yield (i, j, (slice(None), slice(y0 + dy, y1 + dy), slice(x0 + dx, x1 + dx)),
-             (slice(None), slice(y0, y1), slice(x0, x1)),
-             [[0, 0], [y0, height - y1], [x0, width - x1], [0, 0]])
+             (slice(None), slice(y0, y1), slice(x0, x1)))
 
 
-def _tapwise_dilated_conv(x, kernel, rate):
-  """A 'SAME' dilated conv as a sum of 1x1 convs over each tap's valid region.
+def dilated_conv2d_for_training(x, kernel, rate):
+  """tf.nn.conv2d(x, kernel, 1, 'SAME', dilations=rate), for training.
 
-  Equal to tf.nn.conv2d(x, kernel, 1, 'SAME', dilations=rate) up to float
-  summation order, skipping the products with zero padding. Its gradient is
-  written out: the input gradient is one dilated convolution of the output
-  gradient with the kernel flipped in space and its channel axes swapped
-  (oneDNN runs it directly; differentiating the slices instead costs a
-  StridedSliceGrad, a zero-filled copy of the whole input, per tap), and
-  the kernel gradient one matmul per tap over its region. The ASPP of the
-  R50 config (rates 6, 12, 18 on 21x21x2048, forward and backward): 305 ->
-  115 ms on the 2-core CPU.
+  TensorFlow's CPU kernels have no gradient for a dilated conv2d (Keras's
+  space-to-batch route has one, but slow: its input gradient at rate 18 on
+  the R50's 21x21 map took 6 s of op time in a standalone gradient step).
+  The gradient here is written out: the input gradient is one dilated
+  convolution of the output gradient with the kernel flipped in space and
+  its channel axes swapped, the kernel gradient one matmul per tap over the
+  region where that tap reads inside the map (taps wholly in the padding
+  get zero). The ASPP of the R50 config (rates 6, 12, 18 on 21x21x2048,
+  forward and backward): 305 -> 115 ms on the 2-core CPU. Needs the static
+  spatial shape of x.
   """
-  kernel = tf.cast(kernel, x.dtype)  # a tensor: the gradient reads no variable
-  height, width = x.shape[1], x.shape[2]
-  regions = list(_tap_regions(kernel.shape, rate, height, width))
-
   def forward(x, kernel):
-    out = None
-    for i, j, source, _, padding in regions:
-      term = tf.pad(tf.nn.conv2d(x[source], kernel[i:i + 1, j:j + 1], 1,
-                                 'VALID'), padding)  # [B, H, W, Cout]
-      out = term if out is None else out + term
-    return out
+    return tf.nn.conv2d(x, kernel, 1, 'SAME', dilations=rate)
 
-  if not _tape_is_recording():  # inference: no custom-gradient ops
+  kernel = tf.cast(kernel, x.dtype)  # a tensor: the gradient reads no variable
+  if not _tape_is_recording():  # nothing differentiates: no custom gradient
     return forward(x, kernel)
+  height, width = x.shape[1], x.shape[2]
 
   @tf.custom_gradient
   def conv(x, kernel):
-    out = forward(x, kernel)
-
     def grad(dy):
       flipped = tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
       dx = tf.nn.conv2d(dy, flipped, 1, 'SAME', dilations=rate)
       taps = {(i, j): tf.matmul(tf.reshape(x[source], [-1, x.shape[-1]]),
                                 tf.reshape(dy[target], [-1, dy.shape[-1]]),
                                 transpose_a=True)
-              for i, j, source, target, _ in regions}  # [Cin, Cout] each
-      zero = tf.zeros(kernel.shape[2:], kernel.dtype)
+              for i, j, source, target in _tap_regions(kernel.shape, rate,
+                                                       height, width)}
+      zero = tf.zeros(kernel.shape[2:], kernel.dtype)  # [Cin, Cout]
       dk = tf.stack([taps.get((i, j), zero)
                      for i in range(kernel.shape[0])
                      for j in range(kernel.shape[1])])
       return dx, tf.reshape(dk, kernel.shape)
 
-    return out, grad
+    return forward(x, kernel), grad
 
   return conv(x, kernel)
 
@@ -452,17 +428,11 @@ class ConvBN(keras.layers.Layer):
       x = tf.nn.depthwise_conv2d(x, self.kernel, [1, self.strides,
                                                   self.strides, 1],
                                  padding, dilations=rate)
-    elif (self.dilation_rate != 1 and None not in x.shape[1:3] and
-          _useful_fraction(self.kernel_size, self.dilation_rate, x.shape[1],
-                           x.shape[2]) < _TAPWISE_MAX_FRACTION):
-      # Also in training: its gradient is slices, pads and 1x1 convs. The
-      # space-to-batch route's input gradient at rate 18 on the R50's 21x21
-      # map took 6 s of op time in a standalone gradient step (oneDNN, 2 CPU
-      # threads; docs/benchmarks.md).
-      x = _tapwise_dilated_conv(x, self.kernel, self.dilation_rate)
+    elif training and self.dilation_rate != 1 and None not in x.shape[1:3]:
+      x = dilated_conv2d_for_training(x, self.kernel, self.dilation_rate)
     elif self.dilation_rate != 1 and training:
-      # TensorFlow's CPU kernels have no gradient for dilated conv2d; the
-      # space-to-batch formulation has one (and computes the same values).
+      # The space-to-batch formulation has a gradient on CPU (TensorFlow's
+      # dilated conv2d has none) and computes the same values.
       x = tf.nn.convolution(x, self.kernel, padding=padding,
                             dilations=self.dilation_rate)
     elif training and self.strides == 1 and self.dilation_rate == 1:

@@ -272,8 +272,8 @@ def test_conv2d_layer_trains_like_keras_conv2d():
 
 @pytest.mark.parametrize('rate', [2, 6])
 def test_conv_bn_dilated_training_gradient_equals_space_to_batch(rate):
-  # In training a dilated conv whose taps mostly read padding runs tap by
-  # tap; its gradients must equal those of TensorFlow's dilated conv.
+  # In training a dilated conv has a written-out gradient; it must equal
+  # that of TensorFlow's dilated conv.
   layer = conv_bn.ConvBN(3, 3, dilation_rate=rate)
   x = tf.constant(_random([1, 9, 9, 2], seed=rate))
   layer(x)
@@ -597,56 +597,51 @@ def test_resized_fuse_without_projections_is_resize_and_sum():
                              atol=1e-5)
 
 
-# Tap-wise dilated convolution (the inference fast path of large rates).
-
-
-@pytest.mark.parametrize('size, rate', [((21, 23), 6), ((21, 21), 12),
-                                        ((21, 21), 18), ((5, 9), 6),
-                                        ((41, 41), 18)])
-def test_tapwise_dilated_conv_equals_dilated_conv(size, rate):
-  x = tf.random.normal([2, *size, 6], seed=rate)
-  kernel = tf.random.normal([3, 3, 6, 5], seed=1)
-  expected = tf.nn.conv2d(x, kernel, 1, 'SAME', dilations=rate)
-  # pylint: disable=protected-access
-  actual = conv_bn._tapwise_dilated_conv(x, kernel, rate)
-  np.testing.assert_allclose(actual, expected, atol=1e-4)
+# Dilated convolution in training (written-out gradient).
 
 
 @pytest.mark.parametrize('size,rate', [((9, 7), 2), ((9, 7), 6), ((5, 11), 6),
+                                       ((21, 23), 6), ((21, 21), 12),
                                        ((21, 21), 18)])
 @pytest.mark.parametrize('in_function', [False, True])
-def test_tapwise_dilated_conv_gradients_equal_dilated_conv(size, rate,
-                                                           in_function):
+def test_dilated_conv2d_for_training_equals_dilated_conv(size, rate,
+                                                         in_function):
+  # Values and both gradients against TensorFlow's space-to-batch route.
   # Some of these taps fall wholly in the padding (rate >= a side): their
   # kernel gradient must be exactly zero, as TensorFlow's.
   x = tf.random.normal([2, *size, 6], seed=rate)
   kernel = tf.random.normal([3, 3, 6, 5], seed=1)
   upstream = tf.random.normal([2, *size, 5], seed=2)
 
-  def gradients(conv):
+  def values_and_gradients(conv):
     with tf.GradientTape() as tape:
       tape.watch([x, kernel])
       y = conv(x, kernel)
-    return tape.gradient(y, [x, kernel], output_gradients=upstream)
+    return [y, *tape.gradient(y, [x, kernel], output_gradients=upstream)]
 
-  def tapwise(x, kernel):
-    return conv_bn._tapwise_dilated_conv(x, kernel, rate)  # pylint: disable=protected-access
+  def ours(x, kernel):
+    return conv_bn.dilated_conv2d_for_training(x, kernel, rate)
 
   def dilated(x, kernel):
     return tf.nn.convolution(x, kernel, padding='SAME', dilations=rate)
 
-  got = (tf.function(lambda: gradients(tapwise))() if in_function else
-         gradients(tapwise))
-  want = gradients(dilated)
+  got = (tf.function(lambda: values_and_gradients(ours))() if in_function
+         else values_and_gradients(ours))
+  want = values_and_gradients(dilated)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_useful_fraction_counts_taps_inside_the_map():
-  # pylint: disable=protected-access
-  assert conv_bn._useful_fraction(3, 1, 9, 9) == pytest.approx(
-      (9 + 8 + 8)**2 / (9 * 81))
-  assert conv_bn._useful_fraction(3, 30, 21, 21) == pytest.approx(1 / 9)
+def test_dilated_conv2d_for_training_without_a_tape_is_one_conv():
+  # Without a recording tape the custom gradient's ops would only cost
+  # memory.
+  graph = tf.function(
+      lambda x, k: conv_bn.dilated_conv2d_for_training(x, k, 6)
+  ).get_concrete_function(tf.TensorSpec([1, 21, 21, 8], tf.float32),
+                          tf.TensorSpec([3, 3, 8, 4], tf.float32)).graph
+  types = [op.type for op in graph.get_operations()]
+  assert 'IdentityN' not in types
+  assert types.count('Conv2D') == 1
 
 
 def test_conv_bn_large_rate_inference_matches_training_graph_values():
