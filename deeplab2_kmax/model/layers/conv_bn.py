@@ -340,9 +340,10 @@ def dilated_conv2d_for_training(x, kernel, rate):
   convolution of the output gradient with the kernel flipped in space and
   its channel axes swapped, the kernel gradient one matmul per tap over the
   region where that tap reads inside the map (taps wholly in the padding
-  get zero). The ASPP of the R50 config (rates 6, 12, 18 on 21x21x2048,
-  forward and backward): 305 -> 115 ms on the 2-core CPU. Needs the static
-  spatial shape of x.
+  get zero). The ASPP of the R50 config (rates 6, 12, 18 on 21x21x2048),
+  forward and backward: 80-83 ms on the 2-core CPU, against 305 ms when
+  the gradient went through slices (a zero-filled copy of the input per
+  tap). Needs the static spatial shape of x.
   """
   def forward(x, kernel):
     return tf.nn.conv2d(x, kernel, 1, 'SAME', dilations=rate)
