@@ -89,12 +89,35 @@ class DecoupledAdamW(keras.optimizers.Adam):
   def update_step(self, gradient, variable, learning_rate):
     key = self._var_key(variable)
     factor = self._lr_factors.get(key, 1.0)
-    lr = tf.cast(learning_rate, variable.dtype)
+    dtype = variable.dtype
+    lr = tf.cast(learning_rate, dtype)
     if factor != 1.0:
       lr = lr * factor
+    if self.amsgrad:
+      if self.decoupled_weight_decay and key in self._decayed:
+        variable.assign_sub(variable * (lr * self.decoupled_weight_decay))
+      super().update_step(gradient, variable, lr)
+      return
+    # Keras's Adam runs a dozen elementwise ops per variable, each a pass
+    # over the variable's size (72M weights: about 0.25 s of a CPU step).
+    # TensorFlow's fused kernels (CPU, GPU and TPU) take one pass each for
+    # the same formulas: w <- w - lr * wd * w, then Adam with
+    # alpha = lr * sqrt(1 - b2^t) / (1 - b1^t).
     if self.decoupled_weight_decay and key in self._decayed:
-      variable.assign_sub(variable * (lr * self.decoupled_weight_decay))
-    super().update_step(gradient, variable, lr)
+      tf.raw_ops.ResourceApplyGradientDescent(
+          var=variable.handle, alpha=lr * self.decoupled_weight_decay,
+          delta=tf.convert_to_tensor(variable))
+    step = tf.cast(self.iterations + 1, dtype)
+    beta_1 = tf.constant(self.beta_1, dtype)
+    beta_2 = tf.constant(self.beta_2, dtype)
+    index = self._get_variable_index(variable)
+    tf.raw_ops.ResourceApplyAdam(
+        var=variable.handle, m=self._momentums[index].handle,
+        v=self._velocities[index].handle,
+        beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
+        lr=lr, beta1=beta_1, beta2=beta_2,
+        epsilon=tf.constant(self.epsilon, dtype),
+        grad=tf.cast(tf.convert_to_tensor(gradient), dtype))
 
   def get_config(self):
     return {**super().get_config(),
