@@ -13,6 +13,10 @@ Each case runs in a fresh process and prints one JSON line:
   steps after --warmup steps, peak_rss_mib (ru_maxrss of that process:
   model, optimizer slots, tracing, steps), machine, TF version, threads.
 
+--mixed_precision=bfloat16 (or float16) builds the model under Keras's
+mixed policy and runs the trainer's mixed-precision step, as
+trainer_options.mixed_precision does in training.
+
 Example:
   python scripts/benchmark_train.py \\
       --config_file=configs/coco/kmax_deeplab/kmax_r50_os32.textproto \\
@@ -36,6 +40,11 @@ def _parse_args(argv=None):
   parser.add_argument('--batch_sizes', default='1,2')
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--warmup', type=int, default=2)
+  parser.add_argument(
+      '--mixed_precision', default='float32',
+      choices=['float32', 'bfloat16', 'float16'],
+      help='trainer_options.mixed_precision for the run (float16 adds '
+      'dynamic loss scaling)')
   parser.add_argument('--case', default=None, help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
@@ -76,6 +85,7 @@ def _fake_batch(info, crop, batch_size, output_stride, max_thing_id):
 
 def run_case(args, batch_size):
   """Times the steps in this process; returns the JSON record."""
+  import keras  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from deeplab2_kmax.trainer import runner  # pylint: disable=import-outside-toplevel
   from deeplab2_kmax.trainer import task as task_lib  # pylint: disable=import-outside-toplevel
@@ -85,10 +95,14 @@ def run_case(args, batch_size):
   task = task_lib.KMaXTask(config)
   options = config.train_dataset_options
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  precision = args.mixed_precision
+  if precision != 'float32':  # as the runner builds it
+    keras.config.set_dtype_policy(f'mixed_{precision}')
   with strategy.scope():
     model = task.build_model()
     loss = task.build_loss()
-    optimizer, schedule = task.build_optimizer(model.trainable_variables)
+    optimizer, schedule = task.build_optimizer(
+        model.trainable_variables, loss_scale=precision == 'float16')
   batch = _fake_batch(task.dataset_info, args.crop, batch_size,
                       task.output_stride, options.max_thing_id)
   dataset = strategy.experimental_distribute_dataset(
@@ -96,7 +110,7 @@ def run_case(args, batch_size):
   trainer = trainer_lib.KMaXTrainer(
       task=task, strategy=strategy, model=model, loss=loss,
       optimizer=optimizer, schedule=schedule, train_dataset=dataset,
-      num_steps=config.trainer_options.num_steps)
+      num_steps=config.trainer_options.num_steps, mixed_precision=precision)
   one = tf.constant(1)
   for _ in range(args.warmup):
     trainer.train(one)
@@ -109,6 +123,7 @@ def run_case(args, batch_size):
     times.append(time.perf_counter() - start)
   return {
       'config': args.config_file, 'crop': args.crop, 'batch': batch_size,
+      'mixed_precision': precision,
       'seconds_per_step': {'median': round(statistics.median(times), 3),
                            'min': round(min(times), 3),
                            'max': round(max(times), 3), 'steps': args.steps},
@@ -129,7 +144,9 @@ def main(argv=None):
   for batch_size in args.batch_sizes.split(','):
     command = [sys.executable, __file__, f'--config_file={args.config_file}',
                f'--crop={args.crop}', f'--steps={args.steps}',
-               f'--warmup={args.warmup}', f'--case={batch_size}']
+               f'--warmup={args.warmup}',
+               f'--mixed_precision={args.mixed_precision}',
+               f'--case={batch_size}']
     result = subprocess.run(command, stdout=subprocess.PIPE, text=True,
                             check=False)
     if result.returncode:
