@@ -95,7 +95,11 @@ class SyncBatchNormalization(keras.layers.BatchNormalization):
     return super().call(inputs, training=training, mask=mask)
 
   def _fused_training_call(self, inputs):
-    x = tf.cast(inputs, tf.float32)  # [N, H, W, C]
+    # bfloat16 / float16 maps go in as they are: the kernel accumulates the
+    # statistics in float32 and returns float32 moments (casting the map
+    # to float32 and back costs two passes each way).
+    x = inputs if inputs.dtype in (tf.bfloat16, tf.float16) else tf.cast(
+        inputs, tf.float32)  # [N, H, W, C]
     y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
         x, tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32),
         epsilon=self.epsilon, is_training=True)

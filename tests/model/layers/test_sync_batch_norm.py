@@ -112,3 +112,38 @@ def test_fused_path_is_used_only_in_training_on_one_replica(shape):
       lambda x: layer(x, training=False)).get_concrete_function(x).graph
   assert not any(op.type.startswith('FusedBatchNorm')
                  for op in inference.get_operations())
+
+
+@pytest.mark.parametrize('dtype', ['bfloat16', 'float16'])
+def test_fused_training_takes_low_precision_maps_as_they_are(dtype):
+  # Under a mixed policy the map stays in its dtype (no casts around the
+  # kernel); the result, its gradients and the float32 moving statistics
+  # agree with the float32 norm of the same (rounded) map.
+  shape = [2, 9, 7, 8]
+  x = tf.cast(tf.random.stateless_normal(shape, seed=[1, 2]) * 2.0 + 0.5,
+              dtype)
+  upstream = tf.cast(tf.random.stateless_normal(shape, seed=[7, 8]), dtype)
+  results = []
+  for policy in (f'mixed_{dtype}', 'float32'):
+    layer = sync_batch_norm.SyncBatchNormalization(
+        momentum=0.9, epsilon=1e-3, dtype=policy)
+    layer.build(x.shape)
+    inputs = x if policy != 'float32' else tf.cast(x, tf.float32)
+    with tf.GradientTape() as tape:
+      tape.watch(inputs)
+      y = layer(inputs, training=True)
+    grads = tape.gradient(
+        y, [inputs, layer.gamma, layer.beta],
+        output_gradients=tf.cast(upstream, y.dtype))
+    if policy != 'float32':
+      assert y.dtype == dtype and grads[0].dtype == dtype
+      graph = tf.function(
+          lambda t, layer=layer: layer(t, training=True)
+      ).get_concrete_function(x).graph
+      assert not [op for op in graph.get_operations() if op.type == 'Cast'
+                  and op.inputs[0].shape.rank == 4]
+    assert layer.moving_variance.dtype == 'float32'
+    results.append([tf.cast(t, tf.float32).numpy() for t in [y] + grads] +
+                   [layer.moving_mean.numpy(), layer.moving_variance.numpy()])
+  for got, want in zip(*results):
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=3e-2)
