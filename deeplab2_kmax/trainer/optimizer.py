@@ -93,11 +93,6 @@ class DecoupledAdamW(keras.optimizers.Adam):
     lr = tf.cast(learning_rate, dtype)
     if factor != 1.0:
       lr = lr * factor
-    if self.amsgrad:
-      if self.decoupled_weight_decay and key in self._decayed:
-        variable.assign_sub(variable * (lr * self.decoupled_weight_decay))
-      super().update_step(gradient, variable, lr)
-      return
     # Keras's Adam runs a dozen elementwise ops per variable, each a pass
     # over the variable's size (72M weights: about 0.25 s of a CPU step).
     # TensorFlow's fused kernels (CPU, GPU and TPU) take one pass each for
@@ -107,6 +102,9 @@ class DecoupledAdamW(keras.optimizers.Adam):
       tf.raw_ops.ResourceApplyGradientDescent(
           var=variable.handle, alpha=lr * self.decoupled_weight_decay,
           delta=tf.convert_to_tensor(variable))
+    if self.amsgrad:  # not in the recipe: Keras's own step
+      super().update_step(gradient, variable, lr)
+      return
     step = tf.cast(self.iterations + 1, dtype)
     beta_1 = tf.constant(self.beta_1, dtype)
     beta_2 = tf.constant(self.beta_2, dtype)
