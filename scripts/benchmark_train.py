@@ -96,8 +96,9 @@ def run_case(args, batch_size):
   options = config.train_dataset_options
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
   precision = args.mixed_precision
-  if precision != 'float32':  # as the runner builds it
-    keras.config.set_dtype_policy(f'mixed_{precision}')
+  policy = runner.precision_policy(precision)
+  if policy:  # as the runner builds it
+    keras.config.set_dtype_policy(policy)
   with strategy.scope():
     model = task.build_model()
     loss = task.build_loss()

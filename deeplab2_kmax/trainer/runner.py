@@ -31,6 +31,19 @@ _PRECISION_POLICIES = {'': None, 'float32': None,
                        'float16': 'mixed_float16'}
 
 
+def precision_policy(precision):
+  """Keras's dtype policy for `trainer_options.mixed_precision`.
+
+  None for float32 ('' or 'float32'); raises ConfigError naming the field
+  for an unknown value.
+  """
+  if precision not in _PRECISION_POLICIES:
+    raise config_lib.ConfigError(
+        f'trainer_options.mixed_precision: expected one of '
+        f'{sorted(_PRECISION_POLICIES)}, got {precision!r}')
+  return _PRECISION_POLICIES[precision]
+
+
 def check_model_dir(model_dir):
   """Creates `model_dir` and checks that it is writable, or raises."""
   path = pathlib.Path(model_dir)
@@ -66,10 +79,7 @@ class Experiment:
     self.task = task_lib.KMaXTask(config, seed=seed)
     trainer_options = config.trainer_options
     precision = trainer_options.mixed_precision
-    if precision not in _PRECISION_POLICIES:
-      raise config_lib.ConfigError(
-          f'trainer_options.mixed_precision: expected one of '
-          f'{sorted(_PRECISION_POLICIES)}, got {precision!r}')
+    policy = precision_policy(precision)
     self.precision = precision or 'float32'
     training = mode in ('train', 'train_and_eval')
     evaluating = mode != 'train'
@@ -81,7 +91,6 @@ class Experiment:
 
     # Same initial weights for the same seed.
     keras.utils.set_random_seed(seed)
-    policy = _PRECISION_POLICIES[precision]
     previous_policy = keras.config.dtype_policy()
     if policy:
       keras.config.set_dtype_policy(policy)

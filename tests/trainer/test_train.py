@@ -358,3 +358,15 @@ def test_batch_not_divisible_by_replicas(synthetic_env):
 def test_bad_override_is_an_error(synthetic_env, tmp_path):
   with pytest.raises(config_lib.ConfigError, match='num_stepz'):
     _run(tmp_path / 'run', 'train', 2, ['trainer_options.num_stepz=1'])
+
+
+def test_unknown_mixed_precision_is_an_error_naming_the_field(
+    synthetic_env, tmp_path):
+  assert runner.precision_policy('') is None
+  assert runner.precision_policy('bfloat16') == 'mixed_bfloat16'
+  config = runner.load_experiment_config(
+      TINY_CONFIG, ['trainer_options.mixed_precision=float64'])
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"trainer_options\.mixed_precision.*'float64'"):
+    runner.Experiment(config, tmp_path / 'run',
+                      tf.distribute.OneDeviceStrategy('/cpu:0'))
