@@ -49,6 +49,28 @@ def _parse_args(argv=None):
   return parser.parse_args(argv)
 
 
+def draw_label(rng, crop, stuff, things, label_divisor, void_label):
+  """A crop x crop int32 panoptic label (class * label_divisor + instance).
+
+  Four stuff bands, 15 thing discs of radius crop/40 .. crop/8 with instance
+  ids 1..15, and a void corner (bottom right, crop/12 wide). The same
+  recipe feeds benchmark_deeplab2_train.py.
+  """
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  label = np.zeros([crop, crop], np.int32)
+  for band in np.array_split(np.arange(crop), 4):
+    label[band] = rng.choice(stuff) * label_divisor
+  yy, xx = np.mgrid[:crop, :crop]
+  for instance in range(1, 16):
+    cy, cx, r = rng.integers(0, crop, 2).tolist() + [int(
+        rng.integers(crop // 40, crop // 8))]
+    label[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (
+        rng.choice(things) * label_divisor + instance)
+  label[-crop // 12:, -crop // 12:] = void_label
+  return label
+
+
 def _fake_batch(info, crop, batch_size, output_stride, max_thing_id):
   """A batch dict like the training pipeline's, from a drawn label."""
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -56,23 +78,13 @@ def _fake_batch(info, crop, batch_size, output_stride, max_thing_id):
   from deeplab2_kmax.data import targets  # pylint: disable=import-outside-toplevel
 
   rng = np.random.default_rng(0)
-  stuff = info.stuff_semantic_ids
   things = info.thing_semantic_ids
   div = info.label_divisor
   samples = []
   for _ in range(batch_size):
-    label = np.zeros([crop, crop], np.int32)
-    bands = np.array_split(np.arange(crop), 4)
-    for band in bands:
-      label[band] = rng.choice(stuff) * div
-    yy, xx = np.mgrid[:crop, :crop]
-    for instance in range(1, 16):
-      cy, cx, r = rng.integers(0, crop, 2).tolist() + [int(
-          rng.integers(crop // 40, crop // 8))]
-      label[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = (
-          rng.choice(things) * div + instance)
+    label = draw_label(rng, crop, info.stuff_semantic_ids, things, div,
+                       info.void_label)
     label[:crop // 10, :crop // 10] = things[0] * div  # crowd
-    label[-crop // 12:, -crop // 12:] = info.void_label
     sample = targets.make_targets(
         tf.constant(label), dataset_info=info, output_stride=output_stride,
         max_thing_id=max_thing_id)
