@@ -19,6 +19,9 @@ Needs, besides TensorFlow:
     Keras 2, so this process sets TF_USE_LEGACY_KERAS=1 and never imports
     deeplab2_kmax (Keras 3).
 
+DeepLab2's kMaX configs sample 4096 pixels of the stride-4 map per image,
+so --crop must be at least 257 (at 161 its loss fails).
+
 Prints one JSON line: seconds per step (median / min / max over --steps
 steps after --warmup steps), peak_rss_mib (ru_maxrss of this process),
 trainable parameters, TF version.
@@ -33,13 +36,13 @@ import importlib.util
 import json
 import os
 import pathlib
-import resource
-import statistics
 import sys
 import tempfile
-import time
 
-_SCRIPTS = pathlib.Path(__file__).resolve().parent
+# The label recipe and the step timing are benchmark_train's (its imports
+# at module level are the standard library's only).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import benchmark_train  # pylint: disable=wrong-import-position
 
 
 def _parse_args(argv=None):
@@ -80,16 +83,14 @@ def _write_record(path, crop, dataset_info, data_utils):
   import numpy as np  # pylint: disable=import-outside-toplevel
   from PIL import Image  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  sys.path.insert(0, str(_SCRIPTS))
-  from benchmark_train import draw_label  # pylint: disable=import-outside-toplevel
 
   things = list(dataset_info.class_has_instances_list)
   stuff = [c for c in range(dataset_info.num_classes)
            if c not in things and c != dataset_info.ignore_label]
   rng = np.random.default_rng(0)
-  label = draw_label(rng, crop, stuff, things,
-                     dataset_info.panoptic_label_divisor,
-                     dataset_info.ignore_label)
+  label = benchmark_train.draw_label(
+      rng, crop, stuff, things, dataset_info.panoptic_label_divisor,
+      dataset_info.ignore_label)
   image = io.BytesIO()
   Image.fromarray(
       rng.uniform(0, 255, [crop, crop, 3]).astype(np.uint8)).save(
@@ -150,25 +151,18 @@ def run(args, work_dir):
     trainer = trainer_lib.Trainer(config, model, loss, global_step)
     model(tf.keras.Input([args.crop, args.crop, 3]), training=False)
   one = tf.constant(1)
-  for _ in range(args.warmup):
-    trainer.train(one)
-    int(global_step.numpy())
-  times = []
-  for _ in range(args.steps):
-    start = time.perf_counter()
+
+  def step():
     trainer.train(one)
     int(global_step.numpy())  # waits for the step
-    times.append(time.perf_counter() - start)
+
+  times = benchmark_train.time_steps(step, args.warmup, args.steps)
   return {
       'code': 'DeepLab2', 'config': args.config_file, 'crop': args.crop,
       'batch': args.batch_size,
       'trainable_parameters': sum(
           int(tf.size(v)) for v in model.trainable_variables),
-      'seconds_per_step': {'median': round(statistics.median(times), 3),
-                           'min': round(min(times), 3),
-                           'max': round(max(times), 3), 'steps': args.steps},
-      'peak_rss_mib': round(
-          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+      **benchmark_train.step_record(times),
       'cpu_count': os.cpu_count(), 'tensorflow': tf.__version__,
       'threads': 'default',
   }

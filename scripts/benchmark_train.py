@@ -95,6 +95,30 @@ def _fake_batch(info, crop, batch_size, output_stride, max_thing_id):
   return {k: tf.stack([s[k] for s in samples]) for k in samples[0]}
 
 
+def time_steps(step, warmup, steps):
+  """Calls `step` (one training step, back once it is done) `warmup`
+  times, then `steps` times timed; returns the timed seconds."""
+  for _ in range(warmup):
+    step()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+  return times
+
+
+def step_record(times):
+  """The JSON fields of the timed steps and of this process's peak RSS."""
+  return {
+      'seconds_per_step': {'median': round(statistics.median(times), 3),
+                           'min': round(min(times), 3),
+                           'max': round(max(times), 3), 'steps': len(times)},
+      'peak_rss_mib': round(
+          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+  }
+
+
 def run_case(args, batch_size):
   """Times the steps in this process; returns the JSON record."""
   import keras  # pylint: disable=import-outside-toplevel
@@ -125,23 +149,15 @@ def run_case(args, batch_size):
       optimizer=optimizer, schedule=schedule, train_dataset=dataset,
       num_steps=config.trainer_options.num_steps, mixed_precision=precision)
   one = tf.constant(1)
-  for _ in range(args.warmup):
-    trainer.train(one)
-    float(trainer._count.numpy())  # pylint: disable=protected-access
-  times = []
-  for _ in range(args.steps):
-    start = time.perf_counter()
+
+  def step():
     trainer.train(one)
     float(optimizer.iterations.numpy())  # waits for the step
-    times.append(time.perf_counter() - start)
+
+  times = time_steps(step, args.warmup, args.steps)
   return {
       'config': args.config_file, 'crop': args.crop, 'batch': batch_size,
-      'mixed_precision': precision,
-      'seconds_per_step': {'median': round(statistics.median(times), 3),
-                           'min': round(min(times), 3),
-                           'max': round(max(times), 3), 'steps': args.steps},
-      'peak_rss_mib': round(
-          resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
+      'mixed_precision': precision, **step_record(times),
       'machine': platform.processor() or platform.machine(),
       'cpu_count': os.cpu_count(), 'tensorflow': tf.__version__,
       'threads': 'default',

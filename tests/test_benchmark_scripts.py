@@ -1,6 +1,5 @@
 """The benchmark scripts' shared pieces and their set-up errors (no timing)."""
 import importlib.util
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +12,6 @@ SCRIPTS = REPO_ROOT / 'scripts'
 def _load(name):
   spec = importlib.util.spec_from_file_location(name, SCRIPTS / f'{name}.py')
   module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module  # benchmark_deeplab2_train imports draw_label
   spec.loader.exec_module(module)
   return module
 
