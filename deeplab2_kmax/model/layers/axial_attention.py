@@ -59,6 +59,20 @@ def _attention_inference(qkv, qkv_scale, qkv_shift, logit_scale, logit_shift,
   return tf.reshape(retrieved, [batch, height, width, heads * dv])
 
 
+def _project_for_training(x, kernel):
+  """x [N, L, C] times kernel [C, D] as one 2-D matmul -> [N, L, D].
+
+  The same product as tf.einsum('nlc,cd->nld'), but oneDNN's einsum runs it
+  25-30% slower on this model's shapes ([41 * 41, 512] x [512, 1024]: 9.2
+  against 6.4 ms forward, 16.0 against 13.5 ms for both gradients); the
+  training step is 1.6% shorter with it. Inference keeps the einsum: with
+  the matmul its peak memory was about 18 MiB higher.
+  """
+  n, length = tf.shape(x)[0], x.shape[1]
+  flat = tf.matmul(tf.reshape(x, [-1, x.shape[-1]]), kernel)
+  return tf.reshape(flat, [n, length, kernel.shape[-1]])
+
+
 def _grouped_normalize(x, axes, gamma, beta, epsilon):
   """GroupedBatchNorm's training map on the local batch statistics over
   `axes` (one replica: no cross-replica sums inside the XLA kernel).
@@ -222,7 +236,7 @@ class AxialAttention1D(keras.layers.Layer):
     length = self._check_length(x.shape[1])
     n = tf.shape(x)[0]
     heads = self.num_heads
-    qkv = tf.einsum('nlc,cd->nld', x, self.qkv_kernel)  # [N, L, 2Kd + Vd]
+    qkv = _project_for_training(x, self.qkv_kernel)  # [N, L, 2Kd+Vd]
     rpe_q = self.query_rpe.lookup(length)  # [L, M, dk]
     rpe_k = self.key_rpe.lookup(length)  # [L, M, dk]
     rpe_v = self.value_rpe.lookup(length)  # [L, M, dv]

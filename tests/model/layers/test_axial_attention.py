@@ -230,3 +230,30 @@ def test_training_kernel_under_mixed_precision():
     assert bn.moving_mean.dtype == 'float32'
     assert not np.allclose(bn.moving_mean.numpy(), 0.0)
   assert keras.config.dtype_policy().name == 'float32'
+
+
+def test_training_projection_equals_the_einsum_with_gradients():
+  """The training path's qkv projection (one 2-D matmul) against
+  tf.einsum('nlc,cd->nld'): values and both gradients, traced with an
+  unknown batch size."""
+  rng = np.random.RandomState(6)
+  x = tf.constant(rng.normal(size=(3, 7, 5)).astype(np.float32))
+  kernel = tf.constant(rng.normal(size=(5, 4)).astype(np.float32))
+  upstream = tf.constant(rng.normal(size=(3, 7, 4)).astype(np.float32))
+
+  def value_and_gradients(project):
+    @tf.function(input_signature=[tf.TensorSpec([None, 7, 5]),
+                                  tf.TensorSpec([5, 4])])
+    def run(x, kernel):
+      with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        y = project(x, kernel)
+      return [y] + tape.gradient(y, [x, kernel], output_gradients=upstream)
+    return run(x, kernel)
+
+  got = value_and_gradients(axial_attention._project_for_training)  # pylint: disable=protected-access
+  want = value_and_gradients(
+      lambda x, kernel: tf.einsum('nlc,cd->nld', x, kernel))
+  assert got[0].shape == (3, 7, 4)
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
