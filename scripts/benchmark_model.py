@@ -45,6 +45,11 @@ def _parse_args(argv=None):
                       help='intra-op threads (0 = TensorFlow default)')
   parser.add_argument('--no_flops', action='store_true',
                       help='skip the profiler FLOP count')
+  parser.add_argument(
+      '--kernel_policy', default='AUTO',
+      choices=['AUTO', 'REFERENCE', 'CPU_OPTIMIZED'],
+      help='model_options.kernel_policy for the run (AUTO: CPU_OPTIMIZED on '
+      'a CPU)')
   parser.add_argument('--case', default=None, help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
@@ -110,7 +115,9 @@ def run_case(args, size, xla):
 
   if args.threads:
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+  from deeplab2_kmax.model import kernels  # pylint: disable=import-outside-toplevel
   config = deeplab2_kmax.load_config(args.config_file)
+  policy = kernels.set_policy(args.kernel_policy)
   model = deeplab2_kmax.build_model(config)
   images = tf.random.uniform([1, size, size, 3], 0.0, 255.0, seed=0)
 
@@ -145,6 +152,7 @@ def run_case(args, size, xla):
       'matmul_gflops_per_s': round(matmul, 2),
       'peak_rss_mib': round(_peak_rss_mib(), 1),
       'threads': args.threads or 'default',
+      'kernel_policy': policy.name,
       'cpu_count': os.cpu_count(),
       'machine': platform.processor() or platform.machine(),
       'tensorflow': tf.__version__,
@@ -187,7 +195,7 @@ def _subprocess(args, case):
   command = [sys.executable, os.path.abspath(__file__),
              f'--config_file={args.config_file}', f'--runs={args.runs}',
              f'--warmup={args.warmup}', f'--threads={args.threads}',
-             f'--case={case}']
+             f'--kernel_policy={args.kernel_policy}', f'--case={case}']
   result = subprocess.run(command, stdout=subprocess.PIPE, text=True,
                           check=False)
   lines = [l for l in result.stdout.splitlines() if l.startswith('{')]

@@ -45,6 +45,11 @@ def _parse_args(argv=None):
       choices=['float32', 'bfloat16', 'float16'],
       help='trainer_options.mixed_precision for the run (float16 adds '
       'dynamic loss scaling)')
+  parser.add_argument(
+      '--kernel_policy', default='AUTO',
+      choices=['AUTO', 'REFERENCE', 'CPU_OPTIMIZED'],
+      help='model_options.kernel_policy for the run (AUTO: CPU_OPTIMIZED on '
+      'a CPU)')
   parser.add_argument('--case', default=None, help=argparse.SUPPRESS)
   return parser.parse_args(argv)
 
@@ -127,10 +132,13 @@ def run_case(args, batch_size):
   from deeplab2_kmax.trainer import task as task_lib  # pylint: disable=import-outside-toplevel
   from deeplab2_kmax.trainer import trainer as trainer_lib  # pylint: disable=import-outside-toplevel
 
+  from deeplab2_kmax.model import kernels  # pylint: disable=import-outside-toplevel
   config = runner.load_experiment_config(args.config_file)
   task = task_lib.KMaXTask(config)
   options = config.train_dataset_options
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  kernel_policy = kernels.set_policy(args.kernel_policy,
+                                     strategy.extended.worker_devices)
   precision = args.mixed_precision
   policy = runner.precision_policy(precision)
   if policy:  # as the runner builds it
@@ -157,7 +165,8 @@ def run_case(args, batch_size):
   times = time_steps(step, args.warmup, args.steps)
   return {
       'config': args.config_file, 'crop': args.crop, 'batch': batch_size,
-      'mixed_precision': precision, **step_record(times),
+      'mixed_precision': precision, 'kernel_policy': kernel_policy.name,
+      **step_record(times),
       'machine': platform.processor() or platform.machine(),
       'cpu_count': os.cpu_count(), 'tensorflow': tf.__version__,
       'threads': 'default',
@@ -175,6 +184,7 @@ def main(argv=None):
                f'--crop={args.crop}', f'--steps={args.steps}',
                f'--warmup={args.warmup}',
                f'--mixed_precision={args.mixed_precision}',
+               f'--kernel_policy={args.kernel_policy}',
                f'--case={batch_size}']
     result = subprocess.run(command, stdout=subprocess.PIPE, text=True,
                             check=False)

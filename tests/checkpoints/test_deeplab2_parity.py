@@ -13,6 +13,7 @@ import pytest
 import tensorflow as tf
 
 import deeplab2_kmax
+from deeplab2_kmax.model import kernels
 from deeplab2_kmax.model import outputs
 from tests import conftest
 
@@ -89,10 +90,12 @@ def _first_mismatch(model, images, intermediates):
   return 'no intermediate mismatch'
 
 
-def test_outputs_match_deeplab2(model, reference):
+@pytest.mark.parametrize('policy', ['REFERENCE', 'CPU_OPTIMIZED'])
+def test_outputs_match_deeplab2(model, reference, policy):
   ref = reference['outputs']
   images = tf.constant(ref['input_image'])
-  result = model(images, training=False)
+  with kernels.policy_scope(policy):
+    result = model(images, training=False)
   failures = []
   for ours, theirs in _OUTPUTS:
     assert result[ours].shape == ref[theirs].shape, ours
@@ -104,11 +107,15 @@ def test_outputs_match_deeplab2(model, reference):
   if agreement < 0.995:
     failures.append(f'mask argmax agrees on {agreement:.4%} of pixels')
   if failures:
-    stage = _first_mismatch(model, images, reference['intermediates'])
+    with kernels.policy_scope(policy):
+      stage = _first_mismatch(model, images, reference['intermediates'])
     pytest.fail('; '.join(failures) + f' (first stage off: {stage})')
 
 
-def test_intermediates_match_deeplab2(model, reference):
+@pytest.mark.parametrize('policy', ['REFERENCE', 'CPU_OPTIMIZED'])
+def test_intermediates_match_deeplab2(model, reference, policy):
   images = tf.constant(reference['outputs']['input_image'])
-  assert _first_mismatch(model, images, reference['intermediates']) == (
-      'no intermediate mismatch')
+  with kernels.policy_scope(policy):
+    mismatch = _first_mismatch(model, images, reference['intermediates'])
+  assert mismatch == 'no intermediate mismatch'
+

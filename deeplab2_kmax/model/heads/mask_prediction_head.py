@@ -16,7 +16,9 @@ import math
 import keras
 import tensorflow as tf
 
+from deeplab2_kmax.model import kernels
 from deeplab2_kmax.model import outputs
+from deeplab2_kmax.model.kernels import cpu_heads
 from deeplab2_kmax.model.layers import conv_bn
 
 VOID_PRIOR_PROBABILITY = 0.9
@@ -26,14 +28,6 @@ def void_logit_offset(num_logits):
   """log((C - 1) * p / (1 - p)) for C = num_logits (COCO: log(133 * 9))."""
   p = VOID_PRIOR_PROBABILITY
   return math.log((num_logits - 1) * p / (1.0 - p))
-
-
-@conv_bn.elementwise_kernel
-def _normalize_embedding(x, scale, shift):
-  """L2-normalise x * scale + shift over channels (tf.math.l2_normalize)."""
-  x = x * scale + shift
-  return x * tf.math.rsqrt(
-      tf.maximum(tf.reduce_sum(tf.square(x), -1, keepdims=True), 1e-12))
 
 
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
@@ -67,7 +61,8 @@ class MaskPredictionHead(keras.layers.Layer):
 
   def build(self, pixels_shape, class_embedding_shape=None,
             mask_embedding_shape=None):
-    # The inference path reads these norms' variables without calling them.
+    # The CPU inference path reads these norms' variables without calling
+    # them.
     self.pixel_feature_bn.build((None, None, None, self.embedding_dim))
     self.mask_bn.build((None, None, None, None, 1))
 
@@ -75,21 +70,15 @@ class MaskPredictionHead(keras.layers.Layer):
     g = self.pixel_conv(pixels, training=training)  # [B, h, w, head_width]
     g = self.pixel_final_conv(g)  # [B, h, w, E]
     f = self.mask_head(mask_embedding, training=training)  # [B, N, E]
-    if training:
-      g = self.pixel_feature_bn(g, training=True)
-      g = tf.math.l2_normalize(g, axis=-1)
+    if training or not kernels.cpu_optimized('mask_head'):
+      g = self.pixel_feature_bn(g, training=training)
+      g = tf.math.l2_normalize(g, axis=-1)  # [B, h, w, E]
       mask_logits = tf.einsum('bhwe,bne->bhwn', g, f)  # [B, h, w, N]
-      mask_logits = self.mask_bn(mask_logits[..., None], training=True)[..., 0]
+      mask_logits = self.mask_bn(mask_logits[..., None],
+                                 training=training)[..., 0]
     else:
-      # The same maps with the norms folded: one XLA kernel for BN + L2
-      # normalisation, and the scalar mask-logit BN moved onto f; in float32
-      # also under mixed precision.
-      g = _normalize_embedding(
-          tf.cast(g, tf.float32),
-          *conv_bn.inference_affine(self.pixel_feature_bn, tf.float32))
-      scale, shift = conv_bn.inference_affine(self.mask_bn, tf.float32)
-      mask_logits = tf.einsum('bhwe,bne->bhwn', g,
-                              tf.cast(f, tf.float32) * scale) + shift
+      g, mask_logits = cpu_heads.mask_logits_inference(
+          self.pixel_feature_bn, self.mask_bn, g, f)
     # The predictions are float32 whatever the compute dtype: matching,
     # softmaxes, k-means updates and losses read them.
     class_logits = (tf.cast(self.class_head(class_embedding), tf.float32) +

@@ -18,8 +18,17 @@ AUTO resolved against this process's visible devices.
 """
 import contextlib
 import enum
+import os
 
 import tensorflow as tf
+
+# The CPU paths by name (the files of this folder say what each does). To
+# measure one, run a benchmark with it switched off:
+#   DEEPLAB2_KMAX_DISABLE_CPU_PATHS=gelu,axial_attention python scripts/...
+CPU_PATHS = ('batch_norm_activation', 'gelu', 'conv', 'depthwise_conv',
+             'dilated_conv', 'axial_attention', 'layer_norm', 'mask_head',
+             'gram_logsumexp')
+DISABLE_ENV = 'DEEPLAB2_KMAX_DISABLE_CPU_PATHS'
 
 
 class KernelPolicy(enum.Enum):
@@ -98,9 +107,24 @@ def active_policy():
   return _active
 
 
-def cpu_optimized():
-  """Whether the CPU paths are active."""
-  return active_policy() is KernelPolicy.CPU_OPTIMIZED
+def disabled_cpu_paths():
+  """The CPU paths named in $DEEPLAB2_KMAX_DISABLE_CPU_PATHS (for
+  measuring them); raises on an unknown name."""
+  names = {n.strip() for n in os.environ.get(DISABLE_ENV, '').split(',')
+           if n.strip()}
+  unknown = sorted(names - set(CPU_PATHS))
+  if unknown:
+    raise ValueError(f'{DISABLE_ENV}: unknown CPU path(s) {unknown}; '
+                     f'expected names from {", ".join(CPU_PATHS)}')
+  return names
+
+
+def cpu_optimized(path):
+  """Whether the CPU path named `path` (one of CPU_PATHS) runs now."""
+  if path not in CPU_PATHS:
+    raise ValueError(f'unknown CPU path {path!r}')
+  return (active_policy() is KernelPolicy.CPU_OPTIMIZED and
+          path not in disabled_cpu_paths())
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ seed gives the same sample eagerly, in tf.function and in tf.data.
 import numpy as np
 import tensorflow as tf
 
-from deeplab2_kmax.model.layers import conv_bn
+from deeplab2_kmax.model import kernels
 from deeplab2_kmax.model.loss import reduction
 
 # Sampling logit of void pixels: drawn only after every non-void pixel.
@@ -114,77 +114,6 @@ def sample_features(pixel_feature, sample_indices, size):
   return tf.math.l2_normalize(upper + (lower - upper) * y_lerp, axis=-1)
 
 
-# Rows of the [S, S] logit matrix computed at a time: the full matrix of
-# 4096 samples (64 MiB) is never held, and each block stays small enough
-# for the allocator to reuse.
-_BLOCK_ROWS = 512
-
-
-@conv_bn.elementwise_kernel
-def _sum_exp(logits, shift):
-  """[B, r, S], [B, 1, 1] -> [B, r]: sum_j exp(logits - shift)."""
-  return tf.reduce_sum(tf.exp(logits - shift), axis=-1)
-
-
-@conv_bn.elementwise_kernel
-def _symmetric_weights(logits, shift, row_scale, column_scale):
-  """exp(logits - shift) * (row_scale_i + column_scale_j), [B, r, S]."""
-  return tf.exp(logits - shift) * (row_scale[:, :, None] +
-                                   column_scale[:, None, :])
-
-
-def gram_logsumexp(features, scale):
-  """log sum_j exp(scale * f_i . f_j) for every sample i.
-
-  The log-partition of the contrastive softmax, computed in blocks of rows
-  with a hand-written gradient, so neither direction holds the [S, S]
-  logits. With L = scale F F^T (symmetric) and the upstream gradient g,
-  d lse / dF = scale (G + G^T) F with G_ij = g_i exp(L_ij - lse_i); since
-  G + G^T = exp(L - c) * (a_i + a_j) with a_i = g_i exp(c - lse_i) for any
-  constant c, each block of rows needs one recomputed logit block, one
-  elementwise kernel and one matmul.
-
-  The shift c = scale * max_j |f_j|^2 bounds every logit (Cauchy-Schwarz),
-  so no exp overflows; for L2-normalised features (norms 1, or 0) the sum
-  of each row is at least exp(-2 scale), so none underflows either.
-
-  Args:
-    features: float32 [B, S, E], L2-normalised.
-    scale: Python float, 1 / temperature.
-
-  Returns:
-    float32 [B, S].
-  """
-  num_samples = features.shape[1]
-  starts = list(range(0, num_samples, _BLOCK_ROWS))
-  blocks = [(start, min(start + _BLOCK_ROWS, num_samples)) for start in starts]
-
-  @tf.custom_gradient
-  def logsumexp(features):
-    scaled = features * scale  # [B, S, E]
-    shift = scale * tf.reduce_max(
-        tf.reduce_sum(tf.square(features), axis=-1), axis=-1)[:, None, None]
-
-    def logits(start, end):  # [B, end - start, S]
-      return tf.matmul(scaled[:, start:end], features, transpose_b=True)
-
-    sum_exp = tf.concat([_sum_exp(logits(start, end), shift)
-                         for start, end in blocks], axis=1)  # [B, S]
-    result = shift[:, :, 0] + tf.math.log(sum_exp)
-
-    def grad(upstream):  # [B, S]
-      weight = upstream / sum_exp  # a_i = g_i exp(c - lse_i), [B, S]
-      parts = [tf.matmul(_symmetric_weights(logits(start, end), shift,
-                                            weight[:, start:end], weight),
-                         features)
-               for start, end in blocks]  # each [B, end - start, E]
-      return scale * tf.concat(parts, axis=1)
-
-    return result, grad
-
-  return logsumexp(features)
-
-
 def instance_discrimination(features, ids, num_masks, temperature):
   """Contrastive loss between the sampled pixel embeddings, per image.
 
@@ -193,7 +122,7 @@ def instance_discrimination(features, ids, num_masks, temperature):
     lse_i - (1 / n_i) sum_{j in mask(i)} L_ij
       = lse_i - f_i . (sum_{j in mask(i)} f_j) / (n_i temperature),
   so the targets need per-mask sums of the embeddings, not an [S, S]
-  target matrix; `gram_logsumexp` gives lse_i.
+  target matrix; `kernels.gram_logsumexp` gives lse_i.
 
   Args:
     features: [B, S, E] L2-normalised embeddings of the sampled pixels
@@ -221,6 +150,6 @@ def instance_discrimination(features, ids, num_masks, temperature):
       features * tf.gather(mask_sums, segments), axis=-1) / (
           temperature * tf.maximum(tf.gather(mask_sizes, segments), 1.0))
   cross_entropy = tf.where(
-      valid, gram_logsumexp(features, 1.0 / temperature) - target_logit,
+      valid, kernels.gram_logsumexp(features, 1.0 / temperature) - target_logit,
       0.0)  # [B, S]
   return reduction.mean_over_non_zero(cross_entropy)

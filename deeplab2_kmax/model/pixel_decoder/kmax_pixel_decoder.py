@@ -10,9 +10,8 @@ kMaX transformer decoder, the finest one the prediction head.
 import dataclasses
 
 import keras
-import tensorflow as tf
 
-from deeplab2_kmax.model.layers import conv_bn
+from deeplab2_kmax.model import kernels
 from deeplab2_kmax.model.layers import residual_blocks
 from deeplab2_kmax.model.layers import resized_fuse
 
@@ -29,13 +28,6 @@ class DecoderStageSpec:
   block_type: str  # AXIAL or BOTTLENECK
   num_blocks: int
   filters: int  # the stage outputs 4 * filters channels
-
-
-@conv_bn.elementwise_kernel
-def _layer_norm(x, gamma, beta, epsilon):
-  """LayerNorm over channels (one XLA kernel; Keras' makes several passes)."""
-  mean, variance = tf.nn.moments(x, axes=[-1], keepdims=True)
-  return (x - mean) * tf.math.rsqrt(variance + epsilon) * gamma + beta
 
 
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
@@ -90,12 +82,7 @@ class KMaXPixelDecoder(keras.layers.Layer):
   def _normalize(self, index, backbone_features):
     norm = self.backbone_norms[index]
     x = backbone_features[self.stages[index].stride]
-    # In float32 also under mixed precision (statistics over channels).
-    y = _layer_norm(tf.cast(x, tf.float32),
-                    conv_bn.float32_value(norm.gamma),
-                    conv_bn.float32_value(norm.beta),
-                    norm.epsilon)
-    return tf.cast(y, x.dtype)
+    return kernels.layer_norm(norm, x)
 
   @property
   def output_channels(self):

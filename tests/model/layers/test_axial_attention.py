@@ -3,6 +3,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from deeplab2_kmax.model import kernels
+from deeplab2_kmax.model.kernels import cpu_attention
 from deeplab2_kmax.model.layers import axial_attention
 
 _EPSILON = 1e-3  # The project's batch-norm epsilon.
@@ -148,14 +150,16 @@ def _randomise(layer, rng):
         rng.normal(0.0, 0.5, rpe.embeddings.shape).astype(np.float32))
 
 
-def test_attention_1d_matches_numpy_reference():
+@pytest.mark.parametrize('policy', ['REFERENCE', 'CPU_OPTIMIZED'])
+def test_attention_1d_matches_numpy_reference(policy):
   rng = np.random.RandomState(1)
   layer = axial_attention.AxialAttention1D(key_depth=4, value_depth=6,
                                            num_heads=2)
   x = rng.normal(size=(2, 5, 3)).astype(np.float32)
   layer(x)  # Builds the weights.
   _randomise(layer, rng)
-  y = layer(x, training=False).numpy()
+  with kernels.policy_scope(policy):
+    y = layer(x, training=False).numpy()
   np.testing.assert_allclose(y, _reference_attention_1d(x, layer),
                              atol=1e-4, rtol=1e-4)
 
@@ -187,17 +191,14 @@ def test_attention_1d_rejects_long_axis():
     layer(tf.zeros([1, 130, 2]))
 
 
-def test_one_replica_training_kernel_equals_the_synchronized_graph(
-    monkeypatch):
-  """The one-replica XLA training attention against the general graph:
-  outputs, gradients of every weight and input, moving statistics."""
-  from deeplab2_kmax.model.layers import sync_batch_norm  # pylint: disable=import-outside-toplevel
+def test_cpu_training_kernel_equals_the_reference_graph():
+  """The CPU path's one-replica XLA training attention against the plain
+  graph: outputs, gradients of every weight and input, moving statistics."""
   rng = np.random.RandomState(3)
   x = tf.constant(rng.normal(size=(3, 7, 5)).astype(np.float32))
   upstream = tf.constant(rng.normal(size=(3, 7, 6)).astype(np.float32))
   results = []
-  for single in (True, False):
-    monkeypatch.setattr(sync_batch_norm, 'single_replica', lambda s=single: s)
+  for policy in ('CPU_OPTIMIZED', 'REFERENCE'):
     layer = axial_attention.AxialAttention1D(key_depth=4, value_depth=6,
                                              num_heads=2)
     layer(x)
@@ -210,7 +211,8 @@ def test_one_replica_training_kernel_equals_the_synchronized_graph(
       return y, tape.gradient(y, [x] + layer.trainable_weights,
                               output_gradients=upstream)
 
-    y, grads = train_step(x)
+    with kernels.policy_scope(policy):
+      y, grads = train_step(x)
     stats = [w for w in layer.non_trainable_weights]
     results.append([y] + [tf.convert_to_tensor(g) for g in grads] + stats)
   assert len(results[0]) == len(results[1])
@@ -251,7 +253,7 @@ def test_training_projection_equals_the_einsum_with_gradients():
       return [y] + tape.gradient(y, [x, kernel], output_gradients=upstream)
     return run(x, kernel)
 
-  got = value_and_gradients(axial_attention._project_for_training)  # pylint: disable=protected-access
+  got = value_and_gradients(cpu_attention._project_for_training)  # pylint: disable=protected-access
   want = value_and_gradients(
       lambda x, kernel: tf.einsum('nlc,cd->nld', x, kernel))
   assert got[0].shape == (3, 7, 4)

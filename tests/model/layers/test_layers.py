@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from deeplab2_kmax.model.kernels import cpu_conv
 from deeplab2_kmax.model.layers import conv_bn
 from deeplab2_kmax.model.layers import drop_path
 from deeplab2_kmax.model.layers import grouped_batch_norm
@@ -108,7 +109,7 @@ def test_conv_bn_stride_1_keeps_size_and_applies_gelu():
 @pytest.mark.parametrize('shape', [[2, 3, 5, 7], [1, 65, 65, 64]])
 @pytest.mark.parametrize('in_function', [False, True])
 def test_gelu_and_its_gradient_equal_exact_gelu(shape, in_function):
-  # The second shape is above conv_bn._XLA_MIN_ELEMENTS: the XLA kernels
+  # The second shape is above cpu_conv._XLA_MIN_ELEMENTS: the XLA kernels
   # with the hand-written gradient; the first takes the plain ops.
   x = tf.constant(_random(shape, seed=5) * 3.0)
   weights = tf.constant(_random(shape, seed=6))
@@ -124,9 +125,9 @@ def test_gelu_and_its_gradient_equal_exact_gelu(shape, in_function):
     return tf.nn.gelu(t, approximate=False)
 
   if in_function:
-    y, dx = tf.function(lambda: value_and_gradient(conv_bn.gelu))()
+    y, dx = tf.function(lambda: value_and_gradient(cpu_conv.gelu))()
   else:
-    y, dx = value_and_gradient(conv_bn.gelu)
+    y, dx = value_and_gradient(cpu_conv.gelu)
   expected_y, expected_dx = value_and_gradient(exact)
   np.testing.assert_allclose(y.numpy(), expected_y.numpy(), atol=2e-6)
   np.testing.assert_allclose(dx.numpy(), expected_dx.numpy(), atol=2e-6)
@@ -142,7 +143,7 @@ def test_gelu_keeps_only_its_input_for_the_backward_pass():
   def gradient(x):
     with tf.GradientTape() as tape:
       tape.watch(x)
-      loss = tf.reduce_sum(conv_bn.gelu(x) * x)
+      loss = tf.reduce_sum(cpu_conv.gelu(x) * x)
     return tape.gradient(loss, x)
 
   graph = gradient.get_concrete_function().graph
@@ -155,7 +156,7 @@ def test_gelu_keeps_only_its_input_for_the_backward_pass():
 
 def test_gelu_without_a_tape_has_no_custom_gradient_ops():
   # At inference the custom gradient's IdentityN only costs memory.
-  graph = tf.function(conv_bn.gelu).get_concrete_function(
+  graph = tf.function(cpu_conv.gelu).get_concrete_function(
       tf.TensorSpec([1, 65, 65, 64], tf.float32)).graph
   types = [op.type for op in graph.get_operations()]
   assert 'IdentityN' not in types
@@ -183,14 +184,14 @@ def test_conv2d_for_training_equals_conv2d_and_its_gradients(
   # Values and both gradients of the hand-written backward pass against
   # TensorFlow's own, on an odd and an even map size; the kernel gradient
   # by one matmul per tap and by TensorFlow's filter gradient.
-  monkeypatch.setattr(conv_bn, '_TAPWISE_FILTER_GRADIENT_MIN_PIXELS',
+  monkeypatch.setattr(cpu_conv, "_TAPWISE_FILTER_GRADIENT_MIN_PIXELS",
                       tapwise_min_pixels)
   for height, width in ((7, 6), (5, 9)):
     x = tf.constant(_random([2, height, width, 4], seed=kernel_size))
     kernel = tf.constant(_random([kernel_size, kernel_size, 4, 3], seed=9))
     upstream = tf.constant(_random([2, height, width, 3], seed=10))
     _assert_same_values_and_gradients(
-        conv_bn.conv2d_for_training,
+        cpu_conv.conv2d_for_training,
         lambda x, k: tf.nn.conv2d(x, k, 1, 'SAME'), x, kernel, upstream)
 
 
@@ -218,7 +219,7 @@ def test_depthwise_conv2d_for_training_equals_tf_and_its_gradients(
     kernel = tf.constant(_random([kernel_size, kernel_size, 4, 1], seed=3))
     upstream = tf.constant(_random([batch, height, width, 4], seed=4))
     _assert_same_values_and_gradients(
-        conv_bn.depthwise_conv2d_for_training,
+        cpu_conv.depthwise_conv2d_for_training,
         lambda x, k: tf.nn.depthwise_conv2d(x, k, [1] * 4, 'SAME'), x, kernel,
         upstream)
 
@@ -241,7 +242,7 @@ def test_depthwise_kernel_gradient_with_an_unknown_batch_or_size(spec):
     return step(x, kernel)
 
   np.testing.assert_allclose(
-      kernel_gradient(conv_bn.depthwise_conv2d_for_training),
+      kernel_gradient(cpu_conv.depthwise_conv2d_for_training),
       kernel_gradient(lambda x, k: tf.nn.depthwise_conv2d(x, k, [1] * 4,
                                                           'SAME')),
       rtol=1e-4, atol=1e-4)
@@ -620,7 +621,7 @@ def test_dilated_conv2d_for_training_equals_dilated_conv(size, rate,
     return [y, *tape.gradient(y, [x, kernel], output_gradients=upstream)]
 
   def ours(x, kernel):
-    return conv_bn.dilated_conv2d_for_training(x, kernel, rate)
+    return cpu_conv.dilated_conv2d_for_training(x, kernel, rate)
 
   def dilated(x, kernel):
     return tf.nn.convolution(x, kernel, padding='SAME', dilations=rate)
@@ -636,7 +637,7 @@ def test_dilated_conv2d_for_training_without_a_tape_is_one_conv():
   # Without a recording tape the custom gradient's ops would only cost
   # memory.
   graph = tf.function(
-      lambda x, k: conv_bn.dilated_conv2d_for_training(x, k, 6)
+      lambda x, k: cpu_conv.dilated_conv2d_for_training(x, k, 6)
   ).get_concrete_function(tf.TensorSpec([1, 21, 21, 8], tf.float32),
                           tf.TensorSpec([3, 3, 8, 4], tf.float32)).graph
   types = [op.type for op in graph.get_operations()]

@@ -1,8 +1,11 @@
 """Pixel sampling (Gumbel top-k, stateless) and the instance discrimination
 loss, eagerly and inside tf.data."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
+from deeplab2_kmax.model import kernels
+from deeplab2_kmax.model.kernels import cpu_loss
 from deeplab2_kmax.model.loss import instance_discrimination_loss as idl
 from deeplab2_kmax.model.loss import reduction
 
@@ -39,11 +42,12 @@ def test_loss_by_hand():
   np.testing.assert_allclose(loss, [np.mean(rows)], rtol=1e-5)
 
 
-def test_blocked_loss_and_gradient_equal_the_dense_formula(monkeypatch):
-  # 37 samples in blocks of 8 rows (the last block has 5), two images, one
-  # of them all void: values and gradients equal the dense [S, S] formula
-  # (gradient of the dense formula by TensorFlow's autodiff).
-  monkeypatch.setattr(idl, '_BLOCK_ROWS', 8)
+@pytest.mark.parametrize('policy', ['REFERENCE', 'CPU_OPTIMIZED'])
+def test_loss_and_gradient_equal_the_dense_formula(monkeypatch, policy):
+  # CPU path: 37 samples in blocks of 8 rows (the last block has 5). Two
+  # images, one of them all void: values and gradients equal the dense
+  # [S, S] formula (gradient of the dense formula by TensorFlow's autodiff).
+  monkeypatch.setattr(cpu_loss, '_BLOCK_ROWS', 8)
   features = tf.math.l2_normalize(
       tf.random.stateless_normal([2, 37, 5], seed=[2, 3]), -1)
   ids = tf.concat([
@@ -61,7 +65,7 @@ def test_blocked_loss_and_gradient_equal_the_dense_formula(monkeypatch):
 
   results = []
   for fn in (dense, lambda f: idl.instance_discrimination(f, ids, 6, 0.3)):
-    with tf.GradientTape() as tape:
+    with kernels.policy_scope(policy), tf.GradientTape() as tape:
       tape.watch(features)
       loss = fn(features)
       weighted = tf.reduce_sum(loss * upstream)
