@@ -20,6 +20,7 @@ from deeplab2_kmax import config as config_lib
 from deeplab2_kmax import io_utils
 from deeplab2_kmax import overrides as overrides_lib
 from deeplab2_kmax.checkpoints import initial_checkpoint
+from deeplab2_kmax.model import kernels
 from deeplab2_kmax.trainer import distribution
 from deeplab2_kmax.trainer import evaluator as evaluator_lib
 from deeplab2_kmax.trainer import task as task_lib
@@ -88,6 +89,15 @@ class Experiment:
       self.task.check_inputs(strategy, is_training=True)
     if evaluating:
       self.task.check_inputs(strategy, is_training=False)
+    if training:
+      trainer_lib.check_jit_compile_support(strategy,
+                                            trainer_options.jit_compile)
+
+    # The kernels everything below traces: REFERENCE on GPUs and TPUs,
+    # the CPU paths when every replica is a CPU (AUTO).
+    self.kernel_policy = kernels.set_policy(
+        config.model_options.kernel_policy, strategy.extended.worker_devices)
+    logging.info('kernel policy: %s', self.kernel_policy.name)
 
     # Same initial weights for the same seed.
     keras.utils.set_random_seed(seed)
@@ -98,6 +108,11 @@ class Experiment:
       with strategy.scope():
         self.model = self.task.build_model()
         self.loss = self.task.build_loss()
+        # A compiled training step matches in TensorFlow; the evaluator
+        # keeps the loss whose matcher chooses.
+        self.train_loss = self.loss
+        if self.task.compiles_training_step(strategy):
+          self.train_loss = self.task.build_loss(compiled=True)
         self.optimizer, self.schedule = self.task.build_optimizer(
             self.model.trainable_variables,
             loss_scale=self.precision == 'float16')
@@ -136,12 +151,14 @@ class Experiment:
     if training:
       self.trainer = trainer_lib.KMaXTrainer(
           task=self.task, strategy=strategy, model=self.model,
-          loss=self.loss, optimizer=self.optimizer, schedule=self.schedule,
+          loss=self.train_loss, optimizer=self.optimizer,
+          schedule=self.schedule,
           train_dataset=self.task.build_inputs(
               strategy, is_training=True,
               skip_batches=int(self.global_step.numpy())),
           num_steps=trainer_options.num_steps,
-          mixed_precision=self.precision)
+          mixed_precision=self.precision,
+          jit_compile=trainer_options.jit_compile)
     if evaluating:
       save = config.evaluator_options.save_predictions
       metrics, prediction_fn = self.task.build_metrics(

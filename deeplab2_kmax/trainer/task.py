@@ -35,9 +35,35 @@ class KMaXTask:
     model(tf.zeros([1, 65, 65, 3]), training=False)
     return model
 
-  def build_loss(self):
+  def compiles_training_step(self, strategy):
+    """Whether XLA compiles the training step: `trainer_options.jit_compile`,
+    or a TPU (which compiles every step)."""
+    return bool(self.config.trainer_options.jit_compile) or isinstance(
+        strategy, (tf.distribute.TPUStrategy,
+                   tf.distribute.experimental.TPUStrategy))
+
+  def build_loss(self, *, compiled=False):
+    """The loss; `compiled`: it runs in an XLA-compiled step, so the
+    Hungarian matching takes its TensorFlow path (else the matcher chooses,
+    see `matcher.match`)."""
     return kmax_loss.KMaXLoss.from_config(
-        self.config.trainer_options.loss_options, self.dataset_info)
+        self.config.trainer_options.loss_options, self.dataset_info,
+        use_host_matching=False if compiled else None)
+
+  def training_picture_shapes(self):
+    """Static shapes of the training picture (one example of a batch).
+
+    {'image': [H, W, 3], 'panoptic': [H, W] at the training crop;
+    'clusters': [h, w] at the output stride; 'classes': [N] per center}.
+    """
+    height, width = self.config.train_dataset_options.crop_size
+    stride = self.output_stride
+    # Crops are k * stride + 1 pixels; outputs on the align-corners grid.
+    small = [(height - 1) // stride + 1, (width - 1) // stride + 1]
+    centers = config_lib.transformer_decoder_options(
+        self.config.model_options).num_cluster_centers
+    return {'image': [height, width, 3], 'panoptic': [height, width],
+            'clusters': small, 'classes': [centers]}
 
   def build_optimizer(self, variables, loss_scale=False):
     trainer = self.config.trainer_options

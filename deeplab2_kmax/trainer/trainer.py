@@ -10,9 +10,16 @@ A non-finite loss term stops training: the step records the first step and
 term at fault, and `train_loop_end` raises `NonFiniteLossError` before Orbit
 writes the loop's checkpoint, so the last good checkpoint stays the latest.
 
-Each step also keeps the first example of its batch (first replica) with
-the model's per-pixel answer, for the TensorBoard picture of the loop
-(image_summaries.py).
+The last step of each loop also keeps the first example of its batch
+(first replica) with the model's per-pixel answer, for the TensorBoard
+picture of the loop (image_summaries.py). The picture's variables have the
+static shapes of the training crop, so the step can be compiled.
+
+With `jit_compile` each replica's step (forward, loss, gradient, update and
+the bookkeeping) is one XLA computation, `tf.function(jit_compile=True)`
+inside `strategy.run`; TPUStrategy compiles the step anyway. A compiled step
+needs the loss's Hungarian matching on its TensorFlow path
+(`KMaXLoss(use_host_matching=False)`, see model/loss/matcher.py).
 """
 import time
 
@@ -20,8 +27,13 @@ import orbit
 import tensorflow as tf
 from absl import logging
 
+from deeplab2_kmax.model.layers import sync_batch_norm
 from deeplab2_kmax.model.loss import kmax_loss
 from deeplab2_kmax.trainer import image_summaries
+
+
+# String keys of the input batches (data/input_pipeline.py).
+_STRING_KEYS = ('image_id', 'filename')
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -32,7 +44,16 @@ class KMaXTrainer(orbit.StandardTrainer):
   """Trains a model on a distributed dataset with the task's loss."""
 
   def __init__(self, *, task, strategy, model, loss, optimizer, schedule,
-               train_dataset, num_steps, mixed_precision=None):
+               train_dataset, num_steps, mixed_precision=None,
+               jit_compile=False):
+    compiled = bool(jit_compile) or is_tpu_strategy(strategy)
+    if compiled and loss.use_host_matching is not False:
+      raise ValueError(
+          'KMaXTrainer: a compiled training step (trainer_options.jit_compile '
+          'or a TPU) needs the loss built with use_host_matching=False (the '
+          'TensorFlow Hungarian matching); found use_host_matching='
+          f'{loss.use_host_matching!r}')
+    check_jit_compile_support(strategy, jit_compile)
     self.task = task
     self.strategy = strategy
     self.model = model
@@ -58,7 +79,18 @@ class KMaXTrainer(orbit.StandardTrainer):
       self._bad_term = tf.Variable(-1, dtype=tf.int64, trainable=False,
                                    aggregation=tf.VariableAggregation
                                    .ONLY_FIRST_REPLICA)
-      self._picture = _picture_variables()
+      # The step of the loop whose picture is kept (set by `train`).
+      self._picture_step = tf.Variable(
+          -1, dtype=tf.int64, trainable=False, name='picture_step',
+          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+      self._picture = _picture_variables(task.training_picture_shapes())
+    # TPUStrategy compiles `strategy.run` itself; elsewhere XLA compiles
+    # each replica's step only when asked.
+    self._replica_step = self._step_fn
+    if jit_compile and not is_tpu_strategy(strategy):
+      self._replica_step = tf.function(self._step_fn, jit_compile=True)
+    # Compiled replicas sum the norms' statistics with all_reduce.
+    sync_batch_norm.set_compiled_replica_steps(compiled)
     super().__init__(train_dataset, options=orbit.StandardTrainerOptions(
         use_tf_while_loop=True, use_tf_function=True))
     self._loop_start = None
@@ -68,6 +100,13 @@ class KMaXTrainer(orbit.StandardTrainer):
   def global_step(self):
     return self.optimizer.iterations
 
+  def train(self, num_steps):
+    """Runs a loop of `num_steps` steps; keeps the picture of its last."""
+    self._picture_step.assign(
+        tf.cast(self.global_step, tf.int64) + tf.cast(num_steps, tf.int64)
+        - 1)
+    return super().train(num_steps)
+
   def train_loop_begin(self):
     for v in list(self._sums.values()) + [self._count]:
       v.assign(tf.zeros_like(v))
@@ -76,7 +115,9 @@ class KMaXTrainer(orbit.StandardTrainer):
 
   def train_step(self, iterator):
     batch = next(iterator)
-    self.strategy.run(self._step_fn, args=(batch,))
+    # The step reads no strings (nor could XLA compile them).
+    batch = {k: v for k, v in batch.items() if k not in _STRING_KEYS}
+    self.strategy.run(self._replica_step, args=(batch,))
 
   def _step_fn(self, batch):
     context = tf.distribute.get_replica_context()
@@ -109,12 +150,19 @@ class KMaXTrainer(orbit.StandardTrainer):
     for name in self.term_names:
       self._sums[name].assign_add(tf.cast(losses[name], tf.float32))
     self._count.assign_add(1.0)
-    self._picture['image'].assign(batch['image'][0])
-    self._picture['panoptic'].assign(batch['panoptic'][0])
-    self._picture['clusters'].assign(tf.argmax(
-        outputs['mask_logits'][0], axis=-1, output_type=tf.int32))
-    self._picture['classes'].assign(tf.argmax(
-        outputs['class_logits'][0], axis=-1, output_type=tf.int32))
+
+    def keep_picture():
+      self._picture['image'].assign(
+          tf.cast(batch['image'][0], tf.float32))  # [H, W, 3]
+      self._picture['panoptic'].assign(batch['panoptic'][0])  # [H, W]
+      self._picture['clusters'].assign(tf.argmax(
+          outputs['mask_logits'][0], axis=-1, output_type=tf.int32))  # [h, w]
+      self._picture['classes'].assign(tf.argmax(
+          outputs['class_logits'][0], axis=-1, output_type=tf.int32))  # [N]
+      return tf.constant(True)
+
+    tf.cond(tf.equal(step, self._picture_step), keep_picture,
+            lambda: tf.constant(False))
 
   def train_loop_end(self):
     step = int(self.global_step.numpy())
@@ -149,19 +197,50 @@ class KMaXTrainer(orbit.StandardTrainer):
     return result
 
 
-def _picture_variables():
-  """Variables holding one training example and the model's answer (of
-  any size: their shapes are left open)."""
-  def variable(name, rank, dtype, channels=()):
-    return tf.Variable(
-        tf.zeros([1] * rank + list(channels), dtype), trainable=False,
-        name=name, shape=tf.TensorShape([None] * rank + list(channels)),
-        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+def is_tpu_strategy(strategy):
+  """Whether `strategy` replicates on TPUs (which compiles every step)."""
+  return isinstance(strategy, (tf.distribute.TPUStrategy,
+                               tf.distribute.experimental.TPUStrategy))
 
-  return {'image': variable('picture_image', 2, tf.float32, [3]),
-          'panoptic': variable('picture_panoptic', 2, tf.int32),
-          'clusters': variable('picture_clusters', 2, tf.int32),
-          'classes': variable('picture_classes', 1, tf.int32)}
+
+def check_jit_compile_support(strategy, jit_compile):
+  """Raises ValueError if `strategy` cannot run an XLA-compiled step.
+
+  One replica, GPUs and TPUs can. Several CPU replicas cannot: there
+  `strategy.run` of a `jit_compile` function compiles all replicas as one
+  computation placed on the first device, which cannot read the other
+  replicas' variables (TensorFlow 2.20: "Trying to access resource ...
+  located in device CPU:1 from device CPU:0").
+  """
+  replicas = strategy.num_replicas_in_sync
+  devices = strategy.extended.worker_devices
+  on_cpus = all(tf.DeviceSpec.from_string(d).device_type == 'CPU'
+                for d in devices)
+  if jit_compile and replicas > 1 and on_cpus:
+    raise ValueError(
+        'trainer_options.jit_compile: TensorFlow cannot XLA-compile the '
+        f'step of {type(strategy).__name__} with {replicas} CPU replicas; '
+        'train with jit_compile=false, on one device, on GPUs or with '
+        'TPUStrategy')
+
+
+def _picture_variables(shapes):
+  """Variables holding one training example and the model's answer.
+
+  Args:
+    shapes: {'image': [H, W, 3], 'panoptic': [H, W], 'clusters': [h, w],
+      'classes': [N]}, static (KMaXTask.training_picture_shapes).
+
+  Each replica writes its own copy (no synchronisation inside the step);
+  reading outside the step gives the first replica's.
+  """
+  dtypes = {'image': tf.float32, 'panoptic': tf.int32, 'clusters': tf.int32,
+            'classes': tf.int32}
+  return {key: tf.Variable(
+      tf.zeros(shapes[key], dtype), trainable=False, name=f'picture_{key}',
+      synchronization=tf.VariableSynchronization.ON_READ,
+      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+          for key, dtype in dtypes.items()}
 
 
 def _format_duration(seconds):

@@ -9,7 +9,8 @@ crosses the whole model graph: with a hundred synchronized batch norms,
 tracing one training step took longer than 15 minutes for a small model.
 
 `cross_replica_sum` computes the same values and gradients without that
-walk: the forward sum goes through `merge_call` under `stop_gradient`, and
+walk (in XLA-compiled replica steps and on TPUs, where each replica's sum
+is a collective of its own input and nothing is walked, it is `all_reduce`): the forward sum goes through `merge_call` under `stop_gradient`, and
 the gradient of the local input is the cross-replica sum of the upstream
 gradients (the gradient of an all-sum is an all-sum), attached through an
 identity whose custom gradient depends on the local tensor only.
@@ -40,11 +41,31 @@ def _sum_gradients_over_replicas(x):
   return tf.identity(x), grad
 
 
+# Whether replica steps are XLA-compiled (set by the trainer): there the
+# sums go through `ReplicaContext.all_reduce`, the collective XLA compiles,
+# since a compiled replica has no `merge_call`.
+_compiled_replica_steps = False
+
+
+def set_compiled_replica_steps(compiled):
+  """Tells the norms whether the replica steps traced from now on are
+  XLA-compiled (trainer_options.jit_compile); TPUs always are."""
+  global _compiled_replica_steps
+  _compiled_replica_steps = bool(compiled)
+
+
+def _use_all_reduce():
+  return _compiled_replica_steps or isinstance(
+      tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
+
+
 def cross_replica_sum(x):
   """Sum of `x` over the replicas in sync (x itself with one replica)."""
   context = tf.distribute.get_replica_context()
   if context is None or context.num_replicas_in_sync == 1:
     return x
+  if _use_all_reduce():
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, x)
   total = tf.stop_gradient(_merge_sum(context, x))
   # Forward: total (x - x is exactly 0). Backward: the all-summed gradient.
   return total + (_sum_gradients_over_replicas(x) - tf.stop_gradient(x))

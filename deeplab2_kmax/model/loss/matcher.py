@@ -74,16 +74,12 @@ matrix. Finite costs are assumed to be far inside the float32 range
 
 Host path: `host_hungarian_matching` gives the same contract through
 `tf.numpy_function` and scipy (CPU/GPU only, not under XLA or on TPU);
-`match` chooses between the two paths, see its docstring.
+`match` chooses between the two paths, see its docstring: an XLA-compiled
+caller must ask for the TensorFlow path (use_host=False).
 """
 import numpy as np
 import scipy.optimize
 import tensorflow as tf
-# No public API tells whether a tf.function is being compiled by XLA; the
-# XLA control-flow context that tf.function(jit_compile=True) and TPU
-# replication enter is the only signal.
-from tensorflow.python.framework import ops as tf_ops
-from tensorflow.python.ops import control_flow_util
 
 # Proposal rounds of the greedy start (step 3): a second round matches most
 # rows that lost the first one when costs tie; more rounds rarely help.
@@ -345,24 +341,25 @@ def host_hungarian_matching(cost):
   return assignment  # [B, R, C]
 
 
-def in_xla_or_tpu_context():
-  """True when ops built now will be compiled by XLA or placed on a TPU."""
-  if tf.executing_eagerly():
-    return False
-  if control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()):
-    return True
-  strategy = tf.distribute.get_strategy()
-  return isinstance(strategy, tf.distribute.TPUStrategy)
+def on_tpu():
+  """True under a TPUStrategy, where the host path cannot run."""
+  return isinstance(tf.distribute.get_strategy(), (
+      tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy))
 
 
 def match(cost, *, use_host=None):
-  """Optimal assignment [B, R, C] bool; picks the faster available path.
+  """Optimal assignment [B, R, C] bool, on the host or in TensorFlow.
 
-  Rule for use_host=None: the host (scipy) path whenever it can run, i.e.
-  eagerly or in a tf.function that is neither XLA-compiled nor on a TPU;
-  otherwise the pure TensorFlow path. Measured by
-  scripts/benchmark_matcher.py on a 2-core x86 CPU (ms per batch, COCO kMaX
-  cost 181 x 128 / uniform 128 x 128):
+  No public TensorFlow API tells whether a function is being compiled by
+  XLA, so the caller says so: code that runs under
+  `tf.function(jit_compile=True)` (or inside any XLA-compiled function)
+  must pass use_host=False; the trainer does when `trainer_options.
+  jit_compile` is set or on a TPU.
+
+  Rule for use_host=None: the host (scipy) path, eagerly or in a plain
+  tf.function, unless the current strategy is a TPUStrategy (then the
+  TensorFlow path). Measured by scripts/benchmark_matcher.py on a 2-core
+  x86 CPU (ms per batch, COCO kMaX cost 181 x 128 / uniform 128 x 128):
 
     B    host         TF graph       TF XLA
     8    3.9 / 6.1    16 / 158       7.7 / 30
@@ -374,16 +371,17 @@ def match(cost, *, use_host=None):
 
   Args:
     cost: float tensor [B, R, C].
-    use_host: True forces the host path (raises under XLA / TPU), False the
-      TensorFlow path, None chooses by the rule above.
+    use_host: True forces the host path (raises under a TPUStrategy; fails
+      when XLA compiles it), False the TensorFlow path, None chooses by the
+      rule above.
   """
-  host_possible = not in_xla_or_tpu_context()
+  tpu = on_tpu()
   if use_host is None:
-    use_host = host_possible
-  if use_host and not host_possible:
+    use_host = not tpu
+  if use_host and tpu:
     raise ValueError('match(use_host=True): the scipy host path cannot run '
-                     'under XLA (jit_compile=True) or on a TPU; pass '
-                     'use_host=None or False to use the TensorFlow path.')
+                     'on a TPU; pass use_host=None or False to use the '
+                     'TensorFlow path.')
   if use_host:
     return host_hungarian_matching(cost)
   return hungarian_matching(cost)

@@ -26,7 +26,9 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import sys
 from deeplab2_kmax.model.layers import sync_batch_norm
+sync_batch_norm.set_compiled_replica_steps(sys.argv[1] == 'all_reduce')
 strategy = tf.distribute.MirroredStrategy(
     ['/cpu:0', '/cpu:1'],
     cross_device_ops=tf.distribute.ReductionToOneDevice())
@@ -54,10 +56,12 @@ print('ok')
 """
 
 
-def test_cross_replica_sum_values_and_gradients_on_two_replicas():
+@pytest.mark.parametrize('route', ['merge_call', 'all_reduce'])
+def test_cross_replica_sum_values_and_gradients_on_two_replicas(route):
   # Logical CPU devices must be set before TensorFlow starts: own process.
+  # all_reduce is the route of compiled replica steps (and TPUs).
   result = subprocess.run(
-      [sys.executable, '-c', _TWO_REPLICAS], cwd=REPO_ROOT,
+      [sys.executable, '-c', _TWO_REPLICAS, route], cwd=REPO_ROOT,
       env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}, capture_output=True,
       text=True, timeout=300, check=False)
   assert result.returncode == 0 and 'ok' in result.stdout, result.stderr[-3000:]

@@ -351,6 +351,20 @@ def test_graph_and_distribute_match_eager():
                                rtol=1e-5, err_msg=name)
 
 
+def test_compiled_loss_with_tf_matching_matches_eager():
+  # What a jit_compile training step runs: the TensorFlow Hungarian path.
+  # Every pixel is sampled: XLA's stateless random streams differ from
+  # TensorFlow's kernels', so only a draw of all pixels is the same set.
+  _, args, _ = _batch_for_equivalence()
+  settings = dict(instance_discrimination_sample_k=10**6, semantic_sample_k=0)
+  eager = _loss(**settings)(*args)
+  compiled = tf.function(_loss(use_host_matching=False, **settings),
+                         jit_compile=True)(*args)
+  for name, value in eager.items():
+    np.testing.assert_allclose(compiled[name].numpy(), value.numpy(),
+                               rtol=1e-4, atol=1e-6, err_msg=name)
+
+
 def test_half_precision_outputs_are_computed_in_float32():
   loss, (outputs, targets, seed), eager = _batch_for_equivalence()
   half = tf.nest.map_structure(lambda x: tf.cast(x, tf.float16), outputs)

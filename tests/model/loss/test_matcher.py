@@ -1,4 +1,5 @@
 """Tests of the Hungarian matcher against scipy's linear_sum_assignment."""
+import functools
 import numpy as np
 import pytest
 import scipy.optimize
@@ -214,27 +215,41 @@ def test_host_path_matches_scipy_eager_and_in_graph():
   np.testing.assert_array_equal(eager, _graph_matching(cost))
 
 
-def test_match_picks_host_outside_xla_and_tf_path_inside():
+def _op_types(fn, cost):
+  """The op types of `fn` traced as a plain tf.function on `cost`."""
+  graph = tf.function(fn).get_concrete_function(
+      tf.TensorSpec(cost.shape, tf.float32)).graph
+  return {op.type for op in graph.get_operations()}
+
+
+def test_match_chooses_host_by_default_and_tf_path_when_asked():
   cost = np.random.default_rng(16).random([2, 4, 6], np.float32)
-  seen = []
-
-  def probe(x):
-    seen.append(matcher.in_xla_or_tpu_context())
-    return matcher.match(x)
-
   expected = _graph_matching(cost)
-  np.testing.assert_array_equal(probe(cost), expected)
-  np.testing.assert_array_equal(tf.function(probe)(cost), expected)
+  np.testing.assert_array_equal(matcher.match(cost), expected)  # eagerly
+  np.testing.assert_array_equal(tf.function(matcher.match)(cost), expected)
+  host_ops = {'PyFunc', 'PyFuncStateless'}
+  assert _op_types(matcher.match, cost) & host_ops
+  tf_path = functools.partial(matcher.match, use_host=False)
+  assert not _op_types(tf_path, cost) & host_ops
+  # A compiled caller passes use_host=False.
   np.testing.assert_array_equal(
-      tf.function(probe, jit_compile=True)(cost), expected)
-  assert seen == [False, False, True]
-  np.testing.assert_array_equal(matcher.match(cost, use_host=False), expected)
+      tf.function(tf_path, jit_compile=True)(cost), expected)
 
 
-def test_match_refuses_host_path_under_xla():
+def test_match_takes_tf_path_on_tpu(monkeypatch):
+  monkeypatch.setattr(matcher, 'on_tpu', lambda: True)
+  cost = np.random.default_rng(18).random([2, 5, 3], np.float32)
+  assert not _op_types(matcher.match, cost) & {'PyFunc', 'PyFuncStateless'}
+  np.testing.assert_array_equal(matcher.match(cost), _graph_matching(cost))
+  with pytest.raises(ValueError, match='use_host'):
+    matcher.match(cost, use_host=True)
+
+
+def test_host_path_cannot_be_compiled():
+  # What `match` documents: under XLA the caller must ask for use_host=False.
   forced = tf.function(lambda x: matcher.match(x, use_host=True),
                        jit_compile=True)
-  with pytest.raises(ValueError, match='use_host'):
+  with pytest.raises(tf.errors.InvalidArgumentError):
     forced(tf.zeros([1, 2, 2]))
 
 
