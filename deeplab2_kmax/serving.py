@@ -50,6 +50,12 @@ assertion whose message says what was expected: zero-size images, channel
 counts other than 1, 3 or 4, images longer than `max_image_size`, bytes that
 are not an image file.
 
+LiteRT: `fixed_size_function(height, width)` is serving_default for one RGB
+image of a fixed size, with every shape static and no checks or
+conditionals; with the merging's loop of plain tensors and its histograms
+as segment sums it converts with LiteRT builtin ops only (export.py,
+--format=tflite).
+
 The exporter (export.py) writes the class names, colors and ids and the
 facts of this module (crop, layer strides, ...) beside the SavedModel.
 """
@@ -189,14 +195,37 @@ class ServingModule(tf.Module):
     image.set_shape([None, None, 3])
     return _unbatch(self._predict(image[tf.newaxis]))
 
+  def fixed_size_function(self, height, width):
+    """Concrete function of one uint8 [height, width, 3] RGB image.
+
+    The outputs are serving_default's for an image of that size, but every
+    shape is static and there are no run-time checks or conditionals: the
+    function LiteRT converts (export.py, --format=tflite).
+    """
+    options = self.options
+    if not (0 < height <= options.max_image_size and
+            0 < width <= options.max_image_size):
+      raise ValueError(
+          f'image size {height}x{width}: expected both sides between 1 and '
+          f'max_image_size = {options.max_image_size}')
+    with tf.init_scope():  # eager, even when called inside a tf.function
+      size = tuple(int(v) for v in _model_input_size(
+          tf.constant(height), tf.constant(width), options).numpy())
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([height, width, 3], tf.uint8, name='image')])
+    def serve_fixed_size(image):
+      return _unbatch(self._outputs(image[tf.newaxis], size,
+                                    (height, width)))
+
+    return serve_fixed_size.get_concrete_function()
+
   # Implementation ------------------------------------------------------
   @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3],
                                                tf.uint8)])
   def _predict(self, images):
     """uint8 [B, H, W, 3] -> batched outputs (one trace for all signatures)."""
-    static = self._static
-    options = static.options
-    crop_height, crop_width = options.crop_size
+    options = self.options
     shape = tf.shape(images)
     height, width = shape[1], shape[2]
     checks = [
@@ -214,6 +243,15 @@ class ServingModule(tf.Module):
     with tf.control_dependencies(checks):
       images = tf.identity(images)
     size = _model_input_size(height, width, options)  # [2]: h, w
+    return self._outputs(images, size, tf.stack([height, width]))
+
+  def _outputs(self, images, size, original):
+    """Outputs of uint8 [B, H, W, 3] images; `size` is the model input size
+    (h, w) before padding and `original` (H, W), each a tensor [2] or a
+    pair of Python ints."""
+    static = self._static
+    options = static.options
+    crop_height, crop_width = options.crop_size
     resized = tf.compat.v1.image.resize(
         tf.cast(images, tf.float32), size, align_corners=True,
         method=tf.image.ResizeMethod.BILINEAR)  # [B, h, w, 3]
@@ -230,11 +268,11 @@ class ServingModule(tf.Module):
         num_things=info.num_things, label_divisor=info.label_divisor,
         ignore_label=info.ignore_label, options=options.merging)
 
-    original = tf.stack([height, width])
     maps = {key: _to_input_size(merged[key], size, original)
             for key in ('panoptic', 'semantic', 'instance', 'instance_scores',
                         'semantic_scores')}  # each [B, H, W]
-    segments = _segment_table(merged, maps['panoptic'], static.source_ids)
+    segments = _segment_table(merged, maps['panoptic'], static.source_ids,
+                              _num_labels(info, static.num_centers))
     clusters = _cluster_assignments(
         [p[outputs.MASK_LOGITS]
          for p in result[outputs.AUXILIARY_PREDICTIONS]],
@@ -280,29 +318,45 @@ def _model_input_size(height, width, options):
   return tf.cast(size, tf.int32)
 
 
+def _resize_nearest(x, size):
+  """Nearest-neighbour resize (corners aligned) of [B, h, w, C].
+
+  Integer maps go through float32 (exact below 2^24: panoptic labels are
+  far smaller), since LiteRT resizes no int32 tensor.
+  """
+  resized = tf.compat.v1.image.resize(
+      tf.cast(x, tf.float32) if x.dtype.is_integer else x, size,
+      method=tf.image.ResizeMethod.NEAREST_NEIGHBOR, align_corners=True)
+  return tf.cast(resized, x.dtype)
+
+
 def _to_input_size(x, size, original):
   """[B, crop_h, crop_w] map -> cut to `size`, nearest-resized to `original`."""
   x = x[:, :size[0], :size[1], tf.newaxis]  # [B, h, w, 1]
-  x = tf.compat.v1.image.resize(
-      x, original, method=tf.image.ResizeMethod.NEAREST_NEIGHBOR,
-      align_corners=True)  # [B, H, W, 1]
-  return x[..., 0]
+  return _resize_nearest(x, original)[..., 0]  # [B, H, W]
 
 
-def _segment_table(merged, panoptic, source_ids):
-  """Per-segment outputs, areas recounted on `panoptic` [B, H, W]."""
+def _num_labels(info, num_centers):
+  """1 + the largest panoptic label the merging can write."""
+  largest_semantic = max(c.semantic_id for c in info.classes)
+  return max(largest_semantic * info.label_divisor + num_centers,
+             info.ignore_label * info.label_divisor) + 1
+
+
+def _segment_table(merged, panoptic, source_ids, num_labels):
+  """Per-segment outputs, areas recounted on `panoptic` [B, H, W].
+
+  The merging's segment ids and classes are in range for every center
+  (below `num_labels` and the length of `source_ids`), so no clipping.
+  """
   ids = merged['segment_ids']  # [B, N]
   kept = merged['segment_areas'] > 0  # [B, N]
-
-  def count(args):
-    labels, segment_ids = args  # [H, W], [N]
-    values, _, counts = tf.unique_with_counts(tf.reshape(labels, [-1]))
-    match = tf.equal(segment_ids[:, tf.newaxis], values[tf.newaxis, :])
-    return tf.reduce_sum(tf.where(match, counts[tf.newaxis, :], 0), axis=1)
-
-  areas = tf.map_fn(count, (panoptic, ids),
-                    fn_output_signature=tf.TensorSpec([None], tf.int32))
-  areas = tf.where(kept, areas, 0)  # [B, N]
+  # Pixels of every label 0 .. num_labels - 1 of each image.
+  counts = mask_wise_merging.histogram(
+      tf.reshape(panoptic, [tf.shape(panoptic)[0], -1]),
+      num_labels)  # [B, num_labels]
+  areas = tf.gather(counts, ids, batch_dims=1)  # [B, N]
+  areas = tf.where(kept, areas, 0)
   present = areas > 0
   # Segments first, each group in rank order.
   order = tf.argsort(tf.cast(~present, tf.int32), axis=-1, stable=True)
@@ -312,8 +366,7 @@ def _segment_table(merged, panoptic, source_ids):
                     tf.gather(x, order, batch_dims=1), padding)
 
   classes = merged['segment_classes']
-  category_ids = tf.gather(tf.constant(source_ids),
-                           tf.clip_by_value(classes, 0, len(source_ids) - 1))
+  category_ids = tf.gather(tf.constant(source_ids), classes)  # [B, N]
   return {
       'num_segments': tf.reduce_sum(tf.cast(present, tf.int32), axis=-1),
       'segment_ids': ranked(ids, -1),
@@ -328,13 +381,11 @@ def _segment_table(merged, panoptic, source_ids):
 def _cluster_assignments(layer_mask_logits, crop_size, size):
   """int32 [B, L, h4, w4]: per-layer center argmax at stride 4, cut to size."""
   full = [(s - 1) // _MASK_STRIDE + 1 for s in crop_size]
-  valid = (size - 1) // _MASK_STRIDE + 1  # [2]
+  valid = [(size[i] - 1) // _MASK_STRIDE + 1 for i in (0, 1)]
   layers = []
   for logits in layer_mask_logits:  # [B, h_l, w_l, N]
     center = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    center = tf.compat.v1.image.resize(
-        center[..., tf.newaxis], full, align_corners=True,
-        method=tf.image.ResizeMethod.NEAREST_NEIGHBOR)[..., 0]
+    center = _resize_nearest(center[..., tf.newaxis], full)[..., 0]
     layers.append(center[:, :valid[0], :valid[1]])  # [B, h4, w4]
   return tf.stack(layers, axis=1)
 

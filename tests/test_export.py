@@ -1,4 +1,5 @@
-"""SavedModel export: signatures, preprocessing, errors, files, isolation.
+"""Export: SavedModel signatures, preprocessing, errors, files, isolation,
+portability (no XLA kernels, no custom gradients) and the LiteRT model.
 
 The module exports the tiny synthetic model once (random weights, written
 as a trainer-style checkpoint and restored by the exporter). Its mask-logit
@@ -6,6 +7,7 @@ scale is raised and the class thresholds lowered so that random weights
 still produce segments to compare.
 """
 import base64
+import contextlib
 import functools
 import io
 import json
@@ -21,17 +23,21 @@ import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 
 import deeplab2_kmax
 from deeplab2_kmax import config as config_lib
 from deeplab2_kmax import export
 from deeplab2_kmax import serving
 from deeplab2_kmax.checkpoints import deeplab2_import
+from deeplab2_kmax.model import kernels
 from deeplab2_kmax.model import outputs
 from deeplab2_kmax.model.post_processor import mask_wise_merging
 from tests import conftest
 
 CROP = 161  # eval crop of the tiny config
+COCO_IMAGES = conftest.SHARED / 'testdata' / 'coco_panoptic_sample' / (
+    'input_images')
 
 
 # Shared with test_predict.py and test_visualize_clusters.py -----------------
@@ -127,14 +133,16 @@ def exported(tmp_path_factory):
   return shared_export(tmp_path_factory)
 
 
-def _reference(exported, image):
-  """In-process model + merging on the padded image, cut to the image."""
+def _reference(exported, image, policy='AUTO'):
+  """In-process model (kernels of `policy`) + merging on the padded image,
+  cut to the image."""
   config = exported.config
   info = config_lib.dataset_info_for(config)
   height, width = image.shape[:2]
   padded = np.full([1, CROP, CROP, 3], 127.5, np.float32)
   padded[0, :height, :width] = image
-  result = exported.model(tf.constant(padded), training=False)
+  with kernels.policy_scope(policy):
+    result = exported.model(tf.constant(padded), training=False)
   merged = mask_wise_merging.merge(
       result[outputs.CLASS_LOGITS], result[outputs.MASK_LOGITS],
       (CROP, CROP), channel_to_semantic=info.channel_to_semantic(),
@@ -159,10 +167,13 @@ def _segments(served):
 
 # Tests ------------------------------------------------------------------------
 @pytest.mark.slow
-def test_saved_model_equals_in_process_model_and_merging(exported):
+@pytest.mark.parametrize('policy', ['REFERENCE', 'CPU_OPTIMIZED'])
+def test_saved_model_equals_in_process_model_and_merging(exported, policy):
+  # The SavedModel is traced with the REFERENCE kernels; the in-process
+  # model gives the same maps with either policy.
   image = make_image()
   served = exported.serve(image)
-  maps, merged, aux = _reference(exported, image)
+  maps, merged, aux = _reference(exported, image, policy)
   for key in ('panoptic', 'semantic', 'instance'):
     np.testing.assert_array_equal(served[key], maps[key], err_msg=key)
   for key in ('instance_scores', 'semantic_scores'):
@@ -338,6 +349,8 @@ def test_info_files_describe_classes_and_layers(exported):
   assert export_info['num_cluster_centers'] == 16
   assert export_info['checkpoint'] == exported.prefix
   assert export_info['signatures'] == serving.INPUT_NAMES
+  assert export_info['formats'] == {
+      'saved_model': {'kernel_policy': 'REFERENCE'}}
   # Nothing but the export is left in its folder (no staging folders).
   assert os.listdir(os.path.dirname(exported.saved_model)) == ['1']
 
@@ -445,3 +458,177 @@ def test_checkpoint_of_another_model_is_reported(exported, tmp_path):
   with pytest.raises(deeplab2_import.CheckpointMismatchError,
                      match='does not match the model'):
     export.restore_checkpoint(exported.model, wrong)
+
+
+# Portability: stock TensorFlow Serving and LiteRT ---------------------------
+def _portability_problems(graph_def):
+  """What a runtime without XLA JIT (or a converter) would trip on: nested
+  `_XlaMustCompile` functions or calls, and custom-gradient leftovers."""
+  problems = []
+
+  def check_nodes(where, nodes):
+    for node in nodes:
+      if node.attr['_XlaMustCompile'].b:
+        problems.append(f'{where}: node {node.name} ({node.op}) has '
+                        '_XlaMustCompile')
+      if '_gradient_op_type' in node.attr:
+        problems.append(f'{where}: node {node.name} ({node.op}) has a '
+                        'custom gradient (_gradient_op_type)')
+
+  check_nodes('graph', graph_def.node)
+  for function in graph_def.library.function:
+    name = function.signature.name
+    if function.attr['_XlaMustCompile'].b:
+      problems.append(f'function {name} has _XlaMustCompile')
+    if 'customgradient' in name.lower().replace('_', ''):
+      problems.append(f'function {name} is a custom gradient')
+    check_nodes(f'function {name}', function.node_def)
+  problems.extend(f'registered gradient {g.registered_op_type}'
+                  for g in graph_def.library.registered_gradients)
+  return problems
+
+
+@pytest.mark.slow
+def test_saved_model_has_no_xla_kernels_or_custom_gradients(exported):
+  proto = saved_model_pb2.SavedModel()
+  with open(os.path.join(exported.saved_model, 'saved_model.pb'), 'rb') as f:
+    proto.ParseFromString(f.read())
+  graph_def = proto.meta_graphs[0].graph_def
+  assert len(graph_def.library.function) > 10  # the check sees the model
+  problems = _portability_problems(graph_def)
+  assert not problems, '\n'.join(problems[:20])
+
+
+def test_portability_check_finds_xla_kernels_and_custom_gradients():
+  @tf.custom_gradient
+  def double(x):
+    return 2 * x, lambda dy: 2 * dy
+
+  @tf.function(jit_compile=True)
+  def kernel(x):
+    return x + 1
+
+  @tf.function
+  def outer(x):
+    return kernel(double(x))
+
+  graph_def = outer.get_concrete_function(
+      tf.TensorSpec([2], tf.float32)).graph.as_graph_def()
+  problems = '\n'.join(_portability_problems(graph_def))
+  assert '_XlaMustCompile' in problems
+  assert '_gradient_op_type' in problems
+
+
+def _tflite_ops(model):
+  """The op lines of the LiteRT analyzer's report of `model` (bytes)."""
+  report = io.StringIO()
+  with contextlib.redirect_stdout(report):
+    tf.lite.experimental.Analyzer.analyze(model_content=model)
+  return [line.split('(')[0].split()[-1]
+          for line in report.getvalue().splitlines()
+          if line.strip().startswith('Op#')]
+
+
+def _coco_images(height, width):
+  """The two real COCO images, RGB, resized to [height, width, 3]."""
+  paths = sorted(COCO_IMAGES.glob('*.jpg'))
+  if len(paths) != 2:
+    pytest.skip(f'COCO sample images not found in {COCO_IMAGES}')
+  return [np.asarray(Image.open(p).convert('RGB').resize(
+      (width, height), Image.BILINEAR)) for p in paths]
+
+
+# TensorFlow 2.20 announces that tf.lite.Interpreter moves to ai_edge_litert.
+_INTERPRETER_DEPRECATION = 'ignore:.*tf.lite.Interpreter is deprecated'
+TFLITE_SIZE = (180, 240)  # larger than the crop: shrunk to 120 x 161
+
+
+@pytest.fixture(scope='module')
+def exported_all(exported, tmp_path_factory):
+  """--format=all export of the test model: SavedModel and model.tflite."""
+  output = tmp_path_factory.mktemp('export_all') / '1'
+  code = export.main([f'--config_file={exported.config_file}',
+                      f'--checkpoint={exported.model_dir}',
+                      f'--output_dir={output}', '--format=all',
+                      '--tflite_image_size=%d,%d' % TFLITE_SIZE])
+  assert code == 0
+  return output
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings(_INTERPRETER_DEPRECATION)
+def test_tflite_model_has_builtin_ops_only_and_serving_outputs(exported_all):
+  with open(exported_all / export.TFLITE_FILE, 'rb') as f:
+    model = f.read()
+  ops = _tflite_ops(model)
+  assert 'CONV_2D' in ops and 'WHILE' in ops  # the merging's paste loop
+  assert not [op for op in ops if op.startswith('Flex') or op == 'CUSTOM']
+  interpreter = tf.lite.Interpreter(model_content=model)
+  signature = interpreter.get_signature_list()[serving.SERVING_DEFAULT]
+  loaded = tf.saved_model.load(str(exported_all))
+  served = loaded.signatures[serving.SERVING_DEFAULT]
+  assert signature['inputs'] == ['image']
+  assert sorted(signature['outputs']) == sorted(served.structured_outputs)
+  info = export.read_export_info(str(exported_all))
+  assert info['formats']['tflite']['image_size'] == list(TFLITE_SIZE)
+  assert info['formats']['saved_model'] == {'kernel_policy': 'REFERENCE'}
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings(_INTERPRETER_DEPRECATION)
+def test_tflite_model_equals_saved_model_on_real_images(exported_all):
+  interpreter = tf.lite.Interpreter(
+      model_path=str(exported_all / export.TFLITE_FILE))
+  run = interpreter.get_signature_runner(serving.SERVING_DEFAULT)
+  served = tf.saved_model.load(str(exported_all)).signatures[
+      serving.SERVING_DEFAULT]
+  for image in _coco_images(*TFLITE_SIZE):
+    lite = run(image=image)
+    expected = {k: v.numpy() for k, v in served(image=tf.constant(image))
+                .items()}
+    for key, value in expected.items():
+      assert lite[key].shape == value.shape, key
+      assert lite[key].dtype == value.dtype, key
+    assert expected['num_segments'] >= 2
+    for key in ('panoptic', 'semantic', 'instance'):
+      agreement = np.mean(lite[key] == expected[key])
+      assert agreement >= 0.99, (key, agreement)
+
+
+def test_tflite_conversion_names_ops_without_builtin():
+  class WithInverse(tf.Module):
+    """Duck-typed ServingModule whose function has no LiteRT builtin."""
+    options = serving.ServingOptions(crop_size=(4, 4))
+
+    def fixed_size_function(self, height, width):
+      @tf.function(input_signature=[
+          tf.TensorSpec([height, width, 3], tf.uint8, name='image')])
+      def invert(image):
+        return {'inverse': tf.linalg.inv(
+            tf.cast(image[:2, :2, 0], tf.float32))}
+      return invert.get_concrete_function()
+
+  with pytest.raises(ValueError, match='no builtin op for tf.MatrixInverse; '
+                     'pass --tflite_select_tf_ops'):
+    export.convert_to_tflite(WithInverse())
+  model = export.convert_to_tflite(
+      WithInverse(), export.TfliteOptions(select_tf_ops=True))
+  assert 'FlexMatrixInverse' in _tflite_ops(model)
+
+
+@pytest.mark.parametrize('flag, message', [
+    ('--format=onnx', '--format=onnx: expected one of saved_model, tflite, '
+     'all'),
+    ('--kernel_policy=fast', '--kernel_policy: kernel policy \'fast\': '
+     'expected one of AUTO, REFERENCE, CPU_OPTIMIZED'),
+    ('--tflite_image_size=641', '--tflite_image_size=641: expected '
+     'HEIGHT,WIDTH'),
+])
+def test_bad_flags_are_reported_in_one_line(tmp_path, capsys, flag, message):
+  code = export.main([f'--config_file={conftest.TINY_CONFIG}',
+                      f'--checkpoint={tmp_path / "missing"}',
+                      f'--output_dir={tmp_path / "out"}', flag])
+  assert code == 1
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: {message}') and err.count('\n') == 1
+  assert not (tmp_path / 'out').exists()

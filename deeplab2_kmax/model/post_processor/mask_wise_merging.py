@@ -24,7 +24,8 @@ The semantic map is the pixel-wise argmax (center argmax, then its class)
 with no thresholds, for mIoU.
 
 Everything is TensorFlow, batched and static-shaped, so it runs inside a
-SavedModel and on accelerators.
+SavedModel and on accelerators, and converts to LiteRT with builtin ops
+only (the paste loop carries plain tensors; counts are segment sums).
 """
 import dataclasses
 
@@ -142,23 +143,27 @@ def merge(class_logits, mask_logits, output_size, *, channel_to_semantic,
   binary = tf.gather(binary, order, batch_dims=1)  # rank order
   del probs
 
+  centers = tf.range(num_centers)
+
   def paste(rank, canvas, kept):
-    mask = binary[:, rank]  # [B, H*W]
+    mask = tf.gather(binary, rank, axis=1)  # [B, H*W]
     free = tf.logical_and(mask, tf.equal(canvas, 0))
     original = tf.reduce_sum(tf.cast(mask, tf.float32), axis=-1)
     remaining = tf.reduce_sum(tf.cast(free, tf.float32), axis=-1)
-    keep = tf.logical_and(confident[:, rank],
+    keep = tf.logical_and(tf.gather(confident, rank, axis=1),
                           remaining > original * options.overlap_threshold)
     canvas = tf.where(tf.logical_and(free, keep[:, None]), rank + 1, canvas)
-    kept = kept.write(rank, keep)
+    kept = tf.logical_or(kept, tf.logical_and(
+        keep[:, None], tf.equal(centers, rank)[None]))  # [B, N]
     return rank + 1, canvas, kept
 
+  # A loop of plain tensors (no TensorArray), which LiteRT runs as a
+  # builtin WHILE.
   canvas = tf.zeros([batch, height * width], tf.int32)  # rank + 1; 0 = free
-  kept = tf.TensorArray(tf.bool, size=num_centers)
+  kept = tf.zeros([batch, num_centers], tf.bool)  # [B, N]
   _, canvas, kept = tf.while_loop(
       lambda rank, *_: rank < num_centers, paste,
       (tf.constant(0), canvas, kept))
-  kept = tf.transpose(kept.stack())  # [B, N]
 
   # 5. Segment labels, area limits, void.
   pasted = canvas > 0
@@ -208,10 +213,24 @@ def merge(class_logits, mask_logits, output_size, *, channel_to_semantic,
   }
 
 
+def histogram(index_map, num_indices):
+  """int32 [B, num_indices]: how many of the P entries of each row of the
+  int32 [B, P] `index_map` hold each index 0 .. num_indices - 1.
+
+  A segment sum over the flattened batch (LiteRT has it as a builtin; it
+  has no bincount).
+  """
+  batch = tf.shape(index_map)[0]
+  offsets = tf.range(batch)[:, tf.newaxis] * num_indices  # [B, 1]
+  counts = tf.math.unsorted_segment_sum(
+      tf.ones_like(index_map), index_map + offsets,
+      batch * num_indices)  # [B * num_indices]
+  return tf.reshape(counts, [batch, num_indices])
+
+
 def _area_at_least(index_map, num_indices, limit):
   """bool [B, P]: whether each pixel's index (0 = none) covers >= limit."""
-  counts = tf.math.bincount(index_map, minlength=num_indices,
-                            maxlength=num_indices, axis=-1)  # [B, num]
+  counts = histogram(index_map, num_indices)  # [B, num]
   area = tf.gather(counts, index_map, batch_dims=1)
   return tf.logical_and(index_map > 0, area >= limit)
 
@@ -221,9 +240,8 @@ def _segments(panoptic, canvas, pixel_thing, pixel_stuff, kept, ranked_class,
               label_divisor):
   """Per-rank segment table; stuff centers of one class share one segment."""
   in_segment = tf.logical_or(pixel_thing, pixel_stuff)
-  rank_area = tf.math.bincount(
-      tf.where(in_segment, canvas, 0), minlength=num_centers + 1,
-      maxlength=num_centers + 1, axis=-1)[:, 1:]  # [B, N]
+  rank_area = histogram(tf.where(in_segment, canvas, 0),
+                        num_centers + 1)[:, 1:]  # [B, N]
   semantic = tf.gather(channel_to_semantic, ranked_class)  # [B, N]
   # The leader of a stuff class is its best-ranked kept center; it carries
   # the area of all kept centers of that class.

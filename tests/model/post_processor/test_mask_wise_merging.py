@@ -147,3 +147,17 @@ def test_parity_with_deeplab2_post_processor():
                              ref['instance_scores'][0], atol=1e-5)
   np.testing.assert_allclose(out['semantic_scores'].numpy()[0],
                              ref['semantic_scores'][0], atol=1e-5)
+
+
+@pytest.mark.parametrize('in_function', [False, True])
+def test_histogram_equals_bincount_per_row(in_function):
+  rng = np.random.RandomState(7)
+  index_map = rng.randint(0, 6, size=(3, 50)).astype(np.int32)
+  index_map[2] = 5  # a row with one index only
+  histogram = lambda m: mwm.histogram(m, 6)  # pylint: disable=unnecessary-lambda-assignment
+  if in_function:  # batch and length unknown when traced
+    histogram = tf.function(histogram, input_signature=[
+        tf.TensorSpec([None, None], tf.int32)])
+  counts = histogram(tf.constant(index_map))
+  expected = np.stack([np.bincount(row, minlength=6) for row in index_map])
+  np.testing.assert_array_equal(counts.numpy(), expected)
