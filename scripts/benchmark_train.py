@@ -134,6 +134,8 @@ def run_case(args, batch_size):
 
   from deeplab2_kmax.model import kernels  # pylint: disable=import-outside-toplevel
   config = runner.load_experiment_config(args.config_file)
+  # The trainer sizes its TensorBoard picture by the training crop.
+  config.train_dataset_options.crop_size[:] = [args.crop, args.crop]
   task = task_lib.KMaXTask(config)
   options = config.train_dataset_options
   strategy = tf.distribute.OneDeviceStrategy('/cpu:0')

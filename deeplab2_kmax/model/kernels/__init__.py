@@ -10,10 +10,9 @@ from deeplab2_kmax.model.kernels.policy import KernelPolicy
 from deeplab2_kmax.model.kernels.policy import policy_scope
 from deeplab2_kmax.model.kernels.policy import resolve
 from deeplab2_kmax.model.kernels.policy import set_policy
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
 
-import tensorflow as tf
-
-from deeplab2_kmax.model.kernels import cpu_conv
+from deeplab2_kmax.model.kernels import cpu_conv  # pylint: disable=g-import-not-at-top
 
 _ACTIVATION_NAMES = (None, 'none', 'relu', 'gelu')
 
@@ -40,8 +39,8 @@ def activation(name):
 def batch_norm_activation(bn, x, activation_name, training):
   """activation(bn(x)) for a Keras batch-norm layer `bn`."""
   act = activation(activation_name)
-  if cpu_optimized('batch_norm_activation'):
-    return cpu_conv.batch_norm_activation(bn, x, activation_name, training)
+  if not training and cpu_optimized('batch_norm_activation'):
+    return cpu_conv.batch_norm_activation_inference(bn, x, activation_name)
   return act(bn(x, training=training))
 
 

@@ -126,16 +126,14 @@ def inference_affine(bn, dtype=None):
   return scale, shift
 
 
-def batch_norm_activation(bn, x, activation, training):
-  """act(bn(x)); at inference fused with the moving statistics.
+def batch_norm_activation_inference(bn, x, activation):
+  """act(bn(x)) with the moving statistics.
 
   After a convolution, ReLU and identity use TensorFlow's inference
   FusedBatchNorm, which grappler folds into the convolution (one oneDNN
   kernel with BN and ReLU as post-ops); GELU, and everything that is not a
   4-D feature map, use one XLA kernel for the affine map and activation.
   """
-  if training:
-    return _ACTIVATIONS[activation](bn(x, training=True))
   if len(x.shape) == 4 and activation in (None, 'none', 'relu'):
     y, _, _ = tf.compat.v1.nn.fused_batch_norm(
         x, bn.gamma, bn.beta, bn.moving_mean, bn.moving_variance,
