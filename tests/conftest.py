@@ -27,3 +27,14 @@ def require_parity_fixture():
   if not (PARITY_DIR / 'make_reference_checkpoint.py').exists():
     pytest.skip(f'parity fixture not found at {PARITY_DIR}')
   return PARITY_DIR
+
+
+@pytest.fixture(autouse=True)
+def _restore_kernel_policy():
+  """The kernel policy is process-wide (the runner sets it): each test
+  starts from the default (AUTO on this machine's devices)."""
+  from deeplab2_kmax.model.kernels import policy  # pylint: disable=import-outside-toplevel
+  saved = policy._active  # pylint: disable=protected-access
+  policy._active = None  # pylint: disable=protected-access
+  yield
+  policy._active = saved  # pylint: disable=protected-access

@@ -370,3 +370,17 @@ def test_unknown_mixed_precision_is_an_error_naming_the_field(
                      match=r"trainer_options\.mixed_precision.*'float64'"):
     runner.Experiment(config, tmp_path / 'run',
                       tf.distribute.OneDeviceStrategy('/cpu:0'))
+
+
+@pytest.mark.parametrize('override, expected', [
+    ([], 'CPU_OPTIMIZED'),  # AUTO on a CPU
+    (['model_options.kernel_policy=REFERENCE'], 'REFERENCE'),
+    (['model_options.kernel_policy=CPU_OPTIMIZED'], 'CPU_OPTIMIZED')])
+def test_experiment_resolves_the_kernel_policy_on_its_devices(
+    synthetic_env, tmp_path, override, expected):
+  from deeplab2_kmax.model import kernels  # pylint: disable=import-outside-toplevel
+  config = runner.load_experiment_config(TINY_CONFIG, override)
+  strategy = tf.distribute.OneDeviceStrategy('/cpu:0')
+  experiment = runner.Experiment(config, tmp_path / 'run', strategy)
+  assert experiment.kernel_policy.name == expected
+  assert kernels.active_policy().name == expected

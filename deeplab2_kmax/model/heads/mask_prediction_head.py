@@ -16,9 +16,7 @@ import math
 import keras
 import tensorflow as tf
 
-from deeplab2_kmax.model import kernels
 from deeplab2_kmax.model import outputs
-from deeplab2_kmax.model.kernels import cpu_heads
 from deeplab2_kmax.model.layers import conv_bn
 
 VOID_PRIOR_PROBABILITY = 0.9
@@ -61,8 +59,7 @@ class MaskPredictionHead(keras.layers.Layer):
 
   def build(self, pixels_shape, class_embedding_shape=None,
             mask_embedding_shape=None):
-    # The CPU inference path reads these norms' variables without calling
-    # them.
+    # Built with the head, so that checkpoints find every weight.
     self.pixel_feature_bn.build((None, None, None, self.embedding_dim))
     self.mask_bn.build((None, None, None, None, 1))
 
@@ -70,15 +67,11 @@ class MaskPredictionHead(keras.layers.Layer):
     g = self.pixel_conv(pixels, training=training)  # [B, h, w, head_width]
     g = self.pixel_final_conv(g)  # [B, h, w, E]
     f = self.mask_head(mask_embedding, training=training)  # [B, N, E]
-    if training or not kernels.cpu_optimized('mask_head'):
-      g = self.pixel_feature_bn(g, training=training)
-      g = tf.math.l2_normalize(g, axis=-1)  # [B, h, w, E]
-      mask_logits = tf.einsum('bhwe,bne->bhwn', g, f)  # [B, h, w, N]
-      mask_logits = self.mask_bn(mask_logits[..., None],
-                                 training=training)[..., 0]
-    else:
-      g, mask_logits = cpu_heads.mask_logits_inference(
-          self.pixel_feature_bn, self.mask_bn, g, f)
+    g = self.pixel_feature_bn(g, training=training)
+    g = tf.math.l2_normalize(g, axis=-1)  # [B, h, w, E]
+    mask_logits = tf.einsum('bhwe,bne->bhwn', g, f)  # [B, h, w, N]
+    mask_logits = self.mask_bn(mask_logits[..., None],
+                               training=training)[..., 0]
     # The predictions are float32 whatever the compute dtype: matching,
     # softmaxes, k-means updates and losses read them.
     class_logits = (tf.cast(self.class_head(class_embedding), tf.float32) +

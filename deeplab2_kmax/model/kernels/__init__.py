@@ -66,14 +66,6 @@ def depthwise_conv2d(x, kernel, strides=1, padding='SAME', dilation_rate=1,
                                 dilations=[dilation_rate] * 2)
 
 
-def layer_norm(norm, x):
-  """keras.layers.LayerNormalization `norm` applied to `x` (over channels)."""
-  if cpu_optimized('layer_norm'):
-    from deeplab2_kmax.model.kernels import cpu_heads  # pylint: disable=import-outside-toplevel
-    return cpu_heads.layer_norm(norm, x)
-  return norm(x)
-
-
 def gram_logsumexp(features, scale):
   """log sum_j exp(scale * f_i . f_j) for every sample i.
 

@@ -26,8 +26,7 @@ import tensorflow as tf
 # measure one, run a benchmark with it switched off:
 #   DEEPLAB2_KMAX_DISABLE_CPU_PATHS=gelu,axial_attention python scripts/...
 CPU_PATHS = ('batch_norm_activation', 'gelu', 'conv', 'depthwise_conv',
-             'dilated_conv', 'axial_attention', 'layer_norm', 'mask_head',
-             'gram_logsumexp')
+             'dilated_conv', 'axial_attention', 'gram_logsumexp')
 DISABLE_ENV = 'DEEPLAB2_KMAX_DISABLE_CPU_PATHS'
 
 

@@ -11,7 +11,6 @@ import dataclasses
 
 import keras
 
-from deeplab2_kmax.model import kernels
 from deeplab2_kmax.model.layers import residual_blocks
 from deeplab2_kmax.model.layers import resized_fuse
 
@@ -82,7 +81,7 @@ class KMaXPixelDecoder(keras.layers.Layer):
   def _normalize(self, index, backbone_features):
     norm = self.backbone_norms[index]
     x = backbone_features[self.stages[index].stride]
-    return kernels.layer_norm(norm, x)
+    return norm(x)
 
   @property
   def output_channels(self):
