@@ -11,11 +11,20 @@ Modes: `train`, `eval` (the latest checkpoint, once), `train_and_eval`
 `model_dir/ckpt-<step>`; TensorBoard summaries go to `model_dir/train` and
 `model_dir/eval`; evaluation results also to `model_dir/eval/metrics-<step>.json`.
 """
+import sys
+
 from absl import app
 from absl import flags
 from absl import logging
 
+from deeplab2_kmax import config as config_lib
 from deeplab2_kmax.trainer import runner
+from deeplab2_kmax.trainer import trainer as trainer_lib
+
+# What a user can fix (a config field, an override, a flag, a path, the
+# data, a diverging run): reported in one line, without a traceback.
+USER_ERRORS = (config_lib.ConfigError, ValueError, OSError,
+               trainer_lib.NonFiniteLossError)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('config_file', None, 'Experiment config (textproto).')
@@ -41,11 +50,17 @@ def main(argv):
   if not FLAGS.config_file or not FLAGS.model_dir:
     raise app.UsageError('--config_file and --model_dir are required')
   logging.set_verbosity(logging.INFO)
-  runner.run_experiment(
-      config_file=FLAGS.config_file, model_dir=FLAGS.model_dir,
-      mode=FLAGS.mode, overrides=FLAGS.override, strategy=FLAGS.strategy,
-      tpu=FLAGS.tpu, num_cpu_devices=FLAGS.num_cpu_devices, seed=FLAGS.seed,
-      continuous_eval_timeout=FLAGS.continuous_eval_timeout)
+  try:
+    runner.run_experiment(
+        config_file=FLAGS.config_file, model_dir=FLAGS.model_dir,
+        mode=FLAGS.mode, overrides=FLAGS.override, strategy=FLAGS.strategy,
+        tpu=FLAGS.tpu, num_cpu_devices=FLAGS.num_cpu_devices,
+        seed=FLAGS.seed,
+        continuous_eval_timeout=FLAGS.continuous_eval_timeout)
+  except USER_ERRORS as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  return 0
 
 
 if __name__ == '__main__':

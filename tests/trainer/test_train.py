@@ -384,3 +384,24 @@ def test_experiment_resolves_the_kernel_policy_on_its_devices(
   experiment = runner.Experiment(config, tmp_path / 'run', strategy)
   assert experiment.kernel_policy.name == expected
   assert kernels.active_policy().name == expected
+
+
+@pytest.mark.parametrize('flags, expected', [
+    (['--config_file=no/such/config.textproto'],
+     'error: no/such/config.textproto: cannot read config file'),
+    ([f'--config_file={TINY_CONFIG}', '--override=trainer_options.nope=1'],
+     "error: --override='trainer_options.nope=1': trainer_options has no "
+     "field 'nope'"),
+])
+def test_train_command_reports_user_errors_in_one_line(tmp_path, flags,
+                                                       expected):
+  result = subprocess.run(
+      [sys.executable, '-m', 'deeplab2_kmax.trainer.train', *flags,
+       f'--model_dir={tmp_path / "run"}'], cwd=REPO_ROOT,
+      env={**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}, capture_output=True,
+      text=True, timeout=300, check=False)
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines()
+            if line.startswith('error: ')]
+  assert len(errors) == 1 and errors[0].startswith(expected), errors
