@@ -260,6 +260,12 @@ def write_cityscapes_panoptic(root, split='val', images=CITYSCAPES_IMAGES,
   write_panoptic(fixture.images_dir, fixture.panoptic_json,
                  fixture.panoptic_dir, fixture.images,
                  CITYSCAPES_CATEGORIES if categories is None else categories)
+  # createPanopticImgs names the images after their label files:
+  # {city}_{seq}_{frame}_gtFine_leftImg8bit.png.
+  data = json.loads(fixture.panoptic_json.read_text())
+  for entry in data['images']:
+    entry['file_name'] = f'{entry["id"]}_gtFine_leftImg8bit.png'
+  fixture.panoptic_json.write_text(json.dumps(data))
   return fixture
 
 
