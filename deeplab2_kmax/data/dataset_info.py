@@ -18,7 +18,9 @@ crowd regions of thing classes get instance id 0; void pixels are
 
 The class tables of the public data sets are JSON files in `categories/`
 (one per data set, read once at import): `name`, `ignore_label`,
-`label_divisor`, `notes` (where the ids come from) and `categories`, a list
+`label_divisor`, optionally `instance_metric` ('coco', the default, or
+'cityscapes': which instance AP the evaluation reports), `notes` (where the
+ids come from) and `categories`, a list
 of COCO-panoptic categories (`id` = source id, `name`, `isthing`, `color`)
 that also carry their `semantic_id`:
 - coco_panoptic: 133 classes (80 things, then 53 stuff), semantic ids 1..133
@@ -50,6 +52,9 @@ class ClassInfo:
   source_id: int
 
 
+INSTANCE_METRICS = ('coco', 'cityscapes')
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
   """Facts about a panoptic data set."""
@@ -57,8 +62,15 @@ class DatasetInfo:
   classes: tuple  # ClassInfo, sorted by semantic id
   ignore_label: int
   label_divisor: int
+  # How instances are scored: 'coco' (COCO mask AP, pycocotools) or
+  # 'cityscapes' (the Cityscapes benchmark's instance AP).
+  instance_metric: str = 'coco'
 
   def __post_init__(self):
+    if self.instance_metric not in INSTANCE_METRICS:
+      raise ValueError(f'{self.name}: instance_metric '
+                       f'{self.instance_metric!r}: expected one of '
+                       f'{", ".join(INSTANCE_METRICS)}')
     ids = [c.semantic_id for c in self.classes]
     if len(set(ids)) != len(ids):
       raise ValueError(f'{self.name}: duplicate semantic ids')
@@ -245,7 +257,8 @@ def _load_table(path):
   return _dataset_info(
       path, name=data['name'],
       classes=tuple(sorted(classes, key=lambda c: c.semantic_id)),
-      ignore_label=data['ignore_label'], label_divisor=data['label_divisor'])
+      ignore_label=data['ignore_label'], label_divisor=data['label_divisor'],
+      instance_metric=data.get('instance_metric', 'coco'))
 
 
 def _load_tables():

@@ -6,7 +6,10 @@ The evaluator post-processes each replica's model outputs in TensorFlow
 to its resized size (the padding is not part of the image) and accumulates:
 
 - PQ / SQ / RQ (all, things, stuff) against the panoptic label of the crop,
-- COCO mask AP of the thing segments with their ranking scores,
+- the instance AP of the thing segments with their ranking scores: COCO
+  mask AP (mask_ap.py), or for a data set whose table says
+  `instance_metric: cityscapes` the Cityscapes benchmark's AP and AP50
+  (cityscapes_ap.py), under the same `instance/AP`, `instance/AP50` names,
 - mIoU of the pixel-wise semantic map (ignore label excluded).
 
 Labels are compared at the evaluation resolution (the image resized so its
@@ -22,6 +25,7 @@ import pathlib
 import numpy as np
 from PIL import Image
 
+from deeplab2_kmax.evaluation import cityscapes_ap
 from deeplab2_kmax.evaluation import cityscapes_format
 from deeplab2_kmax.evaluation import coco_format
 from deeplab2_kmax.evaluation import mask_ap
@@ -41,7 +45,11 @@ class PanopticMetrics:
     self.prediction_dir_fn = prediction_dir_fn
     self.pq = panoptic_quality.PanopticQuality.from_dataset_info(dataset_info)
     self.miou = miou.MeanIoU.from_dataset_info(dataset_info)
-    self.ap = (mask_ap.MaskAP.from_dataset_info(dataset_info)
+    # The data set's instance AP: COCO's, or the Cityscapes benchmark's.
+    ap_class = (cityscapes_ap.CityscapesAP
+                if dataset_info.instance_metric == 'cityscapes'
+                else mask_ap.MaskAP)
+    self.ap = (ap_class.from_dataset_info(dataset_info)
                if compute_mask_ap else None)
     self.prediction_dir = None  # set to save predictions in COCO format
     self._writer = None

@@ -283,3 +283,14 @@ def test_built_in_table_errors_name_the_file(tmp_path):
   with pytest.raises(ValueError, match=r"lacks \['ignore_label', "
                      r"'label_divisor'\]"):
     dataset_info._load_table(path)  # pylint: disable=protected-access
+
+
+def test_instance_metric_of_the_tables_and_a_bad_value():
+  assert dataset_info.get_dataset_info(
+      'cityscapes_panoptic').instance_metric == 'cityscapes'
+  assert dataset_info.get_dataset_info('coco_panoptic').instance_metric == (
+      'coco')
+  with pytest.raises(ValueError, match="instance_metric 'voc': expected one "
+                     "of coco, cityscapes"):
+    dataset_info.DatasetInfo(name='x', classes=(), ignore_label=0,
+                             label_divisor=256, instance_metric='voc')
