@@ -29,11 +29,11 @@ import argparse
 import glob
 import json
 import os
+import pathlib
 import platform
 import statistics
 import sys
 import tempfile
-import time
 
 from google.protobuf import text_format
 import keras
@@ -45,6 +45,9 @@ import deeplab2_kmax
 from deeplab2_kmax import export
 from deeplab2_kmax import serving
 from deeplab2_kmax.checkpoints import deeplab2_import
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import benchmark_train  # pylint: disable=wrong-import-position
 
 
 def _parse_args(argv=None):
@@ -70,12 +73,7 @@ def _parse_args(argv=None):
 
 def _timed(function, runs):
   """(median, min, max) seconds of `runs` calls after one warm-up call."""
-  function()
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    function()
-    times.append(time.perf_counter() - start)
+  times = benchmark_train.time_steps(function, 1, runs)
   return [round(statistics.median(times), 3), round(min(times), 3),
           round(max(times), 3)]
 

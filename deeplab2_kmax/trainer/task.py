@@ -14,6 +14,7 @@ from deeplab2_kmax.model import builder
 from deeplab2_kmax.model.loss import kmax_loss
 from deeplab2_kmax.model.post_processor import mask_wise_merging
 from deeplab2_kmax.trainer import optimizer as optimizer_lib
+from deeplab2_kmax.trainer import trainer as trainer_lib
 
 
 class KMaXTask:
@@ -38,9 +39,8 @@ class KMaXTask:
   def compiles_training_step(self, strategy):
     """Whether XLA compiles the training step: `trainer_options.jit_compile`,
     or a TPU (which compiles every step)."""
-    return bool(self.config.trainer_options.jit_compile) or isinstance(
-        strategy, (tf.distribute.TPUStrategy,
-                   tf.distribute.experimental.TPUStrategy))
+    return (bool(self.config.trainer_options.jit_compile) or
+            trainer_lib.is_tpu_strategy(strategy))
 
   def build_loss(self, *, compiled=False):
     """The loss; `compiled`: it runs in an XLA-compiled step, so the

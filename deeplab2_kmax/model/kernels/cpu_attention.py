@@ -157,15 +157,9 @@ def attend_training(layer, x):
   """`layer`'s training attention along the middle axis of [N, L, C], on
   one replica; updates the layer's moving statistics."""
   length = layer.check_length(x.shape[1])
-  n = tf.shape(x)[0]
-  heads = layer.num_heads
   qkv = _project_for_training(x, layer.qkv_kernel)  # [N, L, 2Kd+Vd]
-  qkv = layer.batch_norm_qkv(qkv, training=True)
-  q, k, v = tf.split(qkv, [layer.key_depth, layer.key_depth,
-                           layer.value_depth], axis=-1)
-  q = tf.reshape(q, [n, length, heads, -1])  # [N, L, h, dk]
-  k = tf.reshape(k, [n, length, heads, -1])  # [N, M, h, dk]
-  v = tf.reshape(v, [n, length, heads, -1])  # [N, M, h, dv]
+  q, k, v = layer.split_heads(  # [N, L, h, dk], [N, M, h, dk], [N, M, h, dv]
+      layer.batch_norm_qkv(qkv, training=True))
   similarity = layer.batch_norm_similarity
   output = layer.batch_norm_retrieved_output
   # Tensors, not Keras variables, as the compiled function's arguments.

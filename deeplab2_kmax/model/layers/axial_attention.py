@@ -96,6 +96,14 @@ class AxialAttention1D(keras.layers.Layer):
           'longest global axial attention supported; use a smaller input')
     return length
 
+  def split_heads(self, qkv):
+    """Normalised [N, L, 2Kd+Vd] -> q, k [N, L, h, dk] and v [N, L, h, dv]."""
+    q, k, v = tf.split(qkv, [self.key_depth, self.key_depth,
+                             self.value_depth], axis=-1)
+    n, length = tf.shape(qkv)[0], qkv.shape[1]
+    return tuple(tf.reshape(t, [n, length, self.num_heads, -1])
+                 for t in (q, k, v))
+
   def call(self, x, training=False):
     """Attention along the middle axis of [N, L, C]."""
     if kernels.cpu_optimized('axial_attention'):
@@ -105,17 +113,11 @@ class AxialAttention1D(keras.layers.Layer):
         return cpu_attention.attend_training(self, x)
     length = self.check_length(x.shape[1])
     n = tf.shape(x)[0]
-    heads = self.num_heads
     qkv = tf.einsum('nlc,cd->nld', x, self.qkv_kernel)  # [N, L, 2Kd+Vd]
     rpe_q = self.query_rpe.lookup(length)  # [L, M, dk]
     rpe_k = self.key_rpe.lookup(length)  # [L, M, dk]
     rpe_v = self.value_rpe.lookup(length)  # [L, M, dv]
-    qkv = self.batch_norm_qkv(qkv, training=training)
-    q, k, v = tf.split(qkv, [self.key_depth, self.key_depth,
-                             self.value_depth], axis=-1)
-    q = tf.reshape(q, [n, length, heads, -1])  # [N, L, h, dk]
-    k = tf.reshape(k, [n, length, heads, -1])  # [N, M, h, dk]
-    v = tf.reshape(v, [n, length, heads, -1])  # [N, M, h, dv]
+    q, k, v = self.split_heads(self.batch_norm_qkv(qkv, training=training))
     logits = tf.stack([
         tf.einsum('nlhd,nmhd->nhlm', q, k),
         tf.einsum('nlhd,lmd->nhlm', q, rpe_q),
