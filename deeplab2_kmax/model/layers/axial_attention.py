@@ -8,7 +8,7 @@ term). Following the reference implementation, logits are not scaled by
 1/sqrt(d); a batch norm per (term, head) sets their scale instead, and a
 batch norm per (term, head, channel) combines the content and positional
 outputs. Used by the enhanced pixel decoder of kMaX-DeepLab at strides 32
-and 16.
+and 16, and by the MaX-S encoder (Axial-ResNet-50) at strides 16 and 32.
 """
 import keras
 import tensorflow as tf
@@ -144,12 +144,19 @@ class AxialAttention1D(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class AxialAttention2D(keras.layers.Layer):
-  """Height-axis attention, then width-axis attention, on [B, H, W, C]."""
+  """Height-axis attention, then width-axis attention, on [B, H, W, C].
 
-  def __init__(self, filters, num_heads=8, **kwargs):
+  With `strides` s > 1 (MaX-S's strided stage-5 block), as in DeepLab2: the
+  height attention runs on every row, then rows [::s] are kept; the width
+  attention runs on those rows at full width, then columns [::s] are kept.
+  The batch norms therefore see the same positions as DeepLab2's in training.
+  """
+
+  def __init__(self, filters, num_heads=8, strides=1, **kwargs):
     super().__init__(**kwargs)
     self.filters = filters
     self.num_heads = num_heads
+    self.strides = strides
     self.height_axis = AxialAttention1D(filters, 2 * filters, num_heads,
                                         name='height_axis')
     self.width_axis = AxialAttention1D(filters, 2 * filters, num_heads,
@@ -161,18 +168,29 @@ class AxialAttention2D(keras.layers.Layer):
     self.width_axis.build((None, None, 2 * self.filters))
 
   def call(self, x, training=False):
-    if not training and kernels.cpu_optimized('axial_attention'):  # attends along an axis
+    if not training and kernels.cpu_optimized('axial_attention'):
+      # Attends along an axis of the map, without transposes.
       x = cpu_attention.attend_inference(self.height_axis, x, 1)  # [B,H,W,2f]
-      return cpu_attention.attend_inference(self.width_axis, x, 2)
+      x = cpu_attention.attend_inference(self.width_axis, self._rows(x), 2)
+      return self._columns(x)  # [B, H/s, W/s, 2f]
     b, h, w = tf.shape(x)[0], x.shape[1], x.shape[2]
     x = tf.transpose(x, [0, 2, 1, 3])  # [B, W, H, C]
     x = tf.reshape(x, [-1, h, x.shape[-1]])  # [B*W, H, C]
     x = self.height_axis(x, training=training)  # [B*W, H, 2f]
     x = tf.transpose(tf.reshape(x, [b, w, h, -1]), [0, 2, 1, 3])  # [B,H,W,2f]
-    x = tf.reshape(x, [-1, w, 2 * self.filters])  # [B*H, W, 2f]
+    x = self._rows(x)  # [B, H', W, 2f], H' = ceil(H / s)
+    h = x.shape[1]
+    x = tf.reshape(x, [-1, w, 2 * self.filters])  # [B*H', W, 2f]
     x = self.width_axis(x, training=training)
-    return tf.reshape(x, [b, h, w, 2 * self.filters])  # [B, H, W, 2f]
+    x = tf.reshape(x, [b, h, w, 2 * self.filters])  # [B, H', W, 2f]
+    return self._columns(x)  # [B, H', W', 2f]
+
+  def _rows(self, x):
+    return x if self.strides == 1 else x[:, ::self.strides]
+
+  def _columns(self, x):
+    return x if self.strides == 1 else x[:, :, ::self.strides]
 
   def get_config(self):
     return {**super().get_config(), 'filters': self.filters,
-            'num_heads': self.num_heads}
+            'num_heads': self.num_heads, 'strides': self.strides}

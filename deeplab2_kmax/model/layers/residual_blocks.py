@@ -76,26 +76,25 @@ class BottleneckBlock(_ResidualBlock):
 
 @keras.saving.register_keras_serializable(package='deeplab2_kmax')
 class AxialBlock(_ResidualBlock):
-  """1x1 2f -> axial attention (height, width) -> act -> 1x1 4f.
+  """1x1 2f -> axial attention (height, width; strided) -> act -> 1x1 4f.
 
   The attention block of MaX-DeepLab / Axial-DeepLab, used by kMaX's pixel
-  decoder at strides 32 and 16.
+  decoder at strides 32 and 16 and by the MaX-S encoder, whose first stage-5
+  block strides inside the attention (AxialAttention2D's `strides`).
   """
 
-  def __init__(self, filters, in_channels, num_heads=8, **kwargs):
-    if kwargs.get('strides', 1) != 1:
-      raise ValueError('AxialBlock does not support strides; got '
-                       f'{kwargs["strides"]}')
-    super().__init__(filters, in_channels, **kwargs)
+  def __init__(self, filters, in_channels, strides=1, num_heads=8, **kwargs):
+    super().__init__(filters, in_channels, strides=strides, **kwargs)
     self.num_heads = num_heads
     self.conv1 = conv_bn.ConvBN(2 * filters, 1, activation=self.activation,
                                 name='conv1_bn_act')
     self.attention = axial_attention.AxialAttention2D(
-        filters, num_heads, name='attention')
+        filters, num_heads, strides=strides, name='attention')
 
   def branch(self, x, training):
     y = self.conv1(x, training=training)  # [B, H, W, 2f]
-    return self._act(self.attention(y, training=training))  # [B, H, W, 2f]
+    y = self.attention(y, training=training)  # [B, H/s, W/s, 2f]
+    return self._act(y)
 
   def get_config(self):
     return {**super().get_config(), 'num_heads': self.num_heads}

@@ -259,3 +259,65 @@ def test_training_projection_equals_the_einsum_with_gradients():
   assert got[0].shape == (3, 7, 4)
   for g, w in zip(got, want):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def _reference_attention_2d(x, layer):
+  """Numpy AxialAttention2D at inference, strided as DeepLab2: height
+  attention on every row, rows [::s], width attention, columns [::s]."""
+  b, h, w, c = x.shape
+  s = layer.strides
+  columns = x.transpose(0, 2, 1, 3).reshape(b * w, h, c)  # [B*W, H, C]
+  y = _reference_attention_1d(columns, layer.height_axis)
+  y = y.reshape(b, w, h, -1).transpose(0, 2, 1, 3)[:, ::s]  # [B, H', W, V]
+  rows = y.shape[1]
+  y = _reference_attention_1d(y.reshape(b * rows, w, -1), layer.width_axis)
+  return y.reshape(b, rows, w, -1)[:, :, ::s]  # [B, H', W', V]
+
+
+def _strided_pair(rng, x):
+  """A strided AxialAttention2D and an unstrided one with equal weights."""
+  strided = axial_attention.AxialAttention2D(filters=4, num_heads=2,
+                                             strides=2)
+  plain = axial_attention.AxialAttention2D(filters=4, num_heads=2)
+  strided(x)
+  plain(x)
+  _randomise(strided.height_axis, rng)
+  _randomise(strided.width_axis, rng)
+  for ours, theirs in zip(plain.weights, strided.weights):
+    ours.assign(theirs)
+  return strided, plain
+
+
+@pytest.mark.parametrize('policy', ['REFERENCE', 'CPU_OPTIMIZED'])
+def test_strided_attention_2d_matches_numpy_reference(policy):
+  rng = np.random.RandomState(7)
+  x = rng.normal(size=(2, 5, 7, 6)).astype(np.float32)
+  strided, plain = _strided_pair(rng, x)
+  with kernels.policy_scope(policy):
+    y = strided(x, training=False).numpy()
+    # At inference rows are independent: the unstrided output subsampled.
+    y_plain = plain(x, training=False).numpy()[:, ::2, ::2]
+  assert y.shape == (2, 3, 4, 8)
+  np.testing.assert_allclose(y, _reference_attention_2d(x, strided),
+                             atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(y, y_plain, atol=1e-5, rtol=1e-5)
+
+
+def test_strided_attention_2d_training_agrees_across_policies():
+  """Training mode (batch statistics over the strided rows): both kernel
+  policies give the same outputs and moving statistics."""
+  rng = np.random.RandomState(8)
+  x = tf.constant(rng.normal(size=(2, 5, 7, 6)).astype(np.float32))
+  strided, _ = _strided_pair(rng, x)
+  weights = [v.numpy() for v in strided.weights]
+  results = []
+  for policy in ('REFERENCE', 'CPU_OPTIMIZED'):
+    for v, w in zip(strided.weights, weights):
+      v.assign(w)
+    with kernels.policy_scope(policy):
+      y = tf.function(lambda x: strided(x, training=True))(x)
+    results.append([y.numpy()] + [v.numpy()
+                                  for v in strided.non_trainable_weights])
+  assert results[0][0].shape == (2, 3, 4, 8)
+  for got, want in zip(*results):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -525,9 +525,12 @@ def test_axial_block_shape():
   assert block.shortcut is None
 
 
-def test_axial_block_rejects_strides():
-  with pytest.raises(ValueError, match='strides'):
-    residual_blocks.AxialBlock(4, 16, strides=2)
+def test_strided_axial_block_shape():
+  """MaX-S's first stage-5 block: strided attention and 1x1/2 shortcut."""
+  block = residual_blocks.AxialBlock(4, 16, strides=2, num_heads=2,
+                                     activation='gelu')
+  assert block(tf.zeros([2, 5, 4, 16])).shape == (2, 3, 2, 16)
+  assert block.shortcut is not None and block.shortcut.strides == 2
 
 
 @pytest.mark.parametrize('training', [False, True])
