@@ -13,6 +13,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from deeplab2_kmax.model.pixel_encoder import convnext
+from deeplab2_kmax.model.pixel_encoder import resnet
+
 
 _SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 _BN_VARIABLES = ('gamma', 'beta', 'moving_mean', 'moving_variance')
@@ -80,8 +83,53 @@ def _residual_block(prefix, block):
   return entries
 
 
+def _kernel_bias(prefix, layer):
+  return [_Entry(f'{prefix}/kernel', layer.kernel),
+          _Entry(f'{prefix}/bias', layer.bias)]
+
+
+def _layer_norm(prefix, layer):
+  return [_Entry(f'{prefix}/gamma', layer.gamma),
+          _Entry(f'{prefix}/beta', layer.beta)]
+
+
+def _convnext_encoder(encoder):
+  """DeepLab2's ConvNeXt: Sequentials keyed by `layer_with_weights-{j}`.
+
+  Reshaped on load: depthwise kernels [7, 7, 1, C] -> [7, 7, C, 1], layer
+  scales [1, 1, 1, C] -> [C].
+  """
+  p = 'encoder/downsample_layers'
+  entries = (_kernel_bias(f'{p}/0/layer_with_weights-0', encoder.stem_conv) +
+             _layer_norm(f'{p}/0/layer_with_weights-1', encoder.stem_norm))
+  for i, (norm, conv) in enumerate(zip(encoder.downsample_norms,
+                                       encoder.downsample_convs)):
+    entries += _layer_norm(f'{p}/{i + 1}/layer_with_weights-0', norm)
+    entries += _kernel_bias(f'{p}/{i + 1}/layer_with_weights-1', conv)
+  for i, blocks in enumerate(encoder.stages):
+    for j, block in enumerate(blocks):
+      b = f'encoder/stages/{i}/layer_with_weights-{j}'
+      entries += _kernel_bias(f'{b}/depthwise_conv', block.depthwise_conv)
+      entries += _layer_norm(f'{b}/norm', block.norm)
+      entries += _kernel_bias(f'{b}/pointwise_conv1', block.pointwise_conv1)
+      entries += _kernel_bias(f'{b}/pointwise_conv2', block.pointwise_conv2)
+      entries.append(_Entry(f'{b}/layer_scale', block.layer_scale))
+  return entries
+
+
+def _resnet_stem(stem):
+  """ResNet-50's one conv + BN, or MaX-S's Inception stem."""
+  if isinstance(stem, resnet.InceptionStem):
+    return (_conv_bn('encoder/_stem/_conv1_bn_act', stem.conv1) +
+            _conv_bn('encoder/_stem/_conv2_bn_act', stem.conv2) +
+            _conv_bn('encoder/_stem/_conv3_bn', stem.conv3))
+  return _conv_bn('encoder/_stem', stem)
+
+
 def _encoder(encoder):
-  entries = _conv_bn('encoder/_stem', encoder.stem)
+  if isinstance(encoder, convnext.ConvNeXtEncoder):
+    return _convnext_encoder(encoder)
+  entries = _resnet_stem(encoder.stem)
   for s, blocks in enumerate(encoder.stages):
     for b, block in enumerate(blocks):
       entries += _residual_block(f'encoder/_stage{s + 2}/_block{b + 1}', block)

@@ -17,7 +17,9 @@ _FIELD = 'model_options.initial_checkpoint'
 def is_deeplab2_checkpoint(prefix):
   """True if the checkpoint at `prefix` has DeepLab2's key layout."""
   keys = tf.train.load_checkpoint(prefix).get_variable_to_shape_map()
-  return any(k.startswith('encoder/_stem/') for k in keys)
+  # ResNets' stem, or ConvNeXts' stem and downsampling layers.
+  return any(k.startswith(('encoder/_stem/', 'encoder/downsample_layers/'))
+             for k in keys)
 
 
 def load_initial_checkpoint(model, config):

@@ -8,7 +8,9 @@ from deeplab2_kmax.model import kmax_deeplab
 from deeplab2_kmax.model.heads import mask_prediction_head
 from deeplab2_kmax.model.heads import semantic_head
 from deeplab2_kmax.model.pixel_decoder import kmax_pixel_decoder
+from deeplab2_kmax.model.pixel_encoder import convnext
 from deeplab2_kmax.model.pixel_encoder import resnet
+from deeplab2_kmax.model.pixel_encoder import variants
 from deeplab2_kmax.model.transformer_decoder import cross_attention
 from deeplab2_kmax.model.transformer_decoder import kmax_transformer_decoder
 from deeplab2_kmax.protos import config_pb2
@@ -42,10 +44,8 @@ def build_model(config):
   head = options.prediction_head
   num_class_logits = info.num_classes + 1  # things, stuff, void
 
-  encoder = resnet.ResNetEncoder(
-      options.backbone.name,
-      drop_path_keep_prob=options.backbone.drop_path_keep_prob,
-      name='pixel_encoder')
+  encoder = build_pixel_encoder(options.backbone.name,
+                                options.backbone.drop_path_keep_prob)
   pixel_decoder = kmax_pixel_decoder.KMaXPixelDecoder(
       [kmax_pixel_decoder.DecoderStageSpec(
           stride=s.stride, block_type=_BLOCK_TYPES[s.block_type],
@@ -78,7 +78,17 @@ def build_model(config):
                  for s in semantic.low_level],
       decoder_channels=semantic.decoder_channels,
       head_channels=semantic.head_channels,
-      backbone_activation='relu', name='semantic_head')
+      backbone_activation=encoder.activation,
+      name='semantic_head')
   return kmax_deeplab.KMaXDeepLab(
       encoder, pixel_decoder, transformer_decoder, prediction_head,
       semantic_head_layer, name='kmax_deeplab')
+
+
+def build_pixel_encoder(name, drop_path_keep_prob=1.0):
+  """The pixel encoder `name` of the variants table (a ResNet or ConvNeXt)."""
+  if name in variants.CONVNEXT_VARIANTS:
+    return convnext.ConvNeXtEncoder(
+        name, drop_path_keep_prob=drop_path_keep_prob, name='pixel_encoder')
+  return resnet.ResNetEncoder(name, drop_path_keep_prob=drop_path_keep_prob,
+                              name='pixel_encoder')

@@ -135,7 +135,7 @@ class Experiment:
         max_to_keep=trainer_options.max_checkpoints_to_keep,
         step_counter=self.global_step,
         checkpoint_interval=trainer_options.save_checkpoints_steps,
-        init_fn=self._warm_start if training else None)
+        init_fn=self.warm_start if training else None)
     latest = tf.train.latest_checkpoint(str(self.model_dir))
     if self.is_chief or latest is None:
       restored = self.manager.restore_or_initialize()
@@ -176,7 +176,8 @@ class Experiment:
     iterations = self.optimizer.iterations
     return getattr(iterations, 'value', iterations)
 
-  def _warm_start(self):
+  def warm_start(self):
+    """Loads model_options.initial_checkpoint, if set, into the model."""
     if self.config.model_options.HasField('initial_checkpoint'):
       report = initial_checkpoint.load_initial_checkpoint(self.model,
                                                           self.config)
@@ -283,8 +284,13 @@ def _run_mode(experiment, mode, continuous_eval_timeout):
     return None
   if mode == 'eval':
     if experiment.manager.latest_checkpoint is None:
-      raise FileNotFoundError(f'--model_dir={model_dir}: no checkpoint to '
-                              'evaluate')
+      if not config.model_options.HasField('initial_checkpoint'):
+        raise FileNotFoundError(
+            f'--model_dir={model_dir}: no checkpoint to evaluate (and no '
+            'model_options.initial_checkpoint)')
+      # A model_dir without checkpoints evaluates the initial checkpoint
+      # (e.g. a DeepLab2 zoo checkpoint), as DeepLab2's evaluator does.
+      experiment.warm_start()
     return controller.evaluate(steps=eval_steps)
   if mode == 'train_and_eval':
     controller.train_and_evaluate(

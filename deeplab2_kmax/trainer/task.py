@@ -12,6 +12,7 @@ from deeplab2_kmax.data import input_pipeline
 from deeplab2_kmax.evaluation import evaluator_metrics
 from deeplab2_kmax.model import builder
 from deeplab2_kmax.model.loss import kmax_loss
+from deeplab2_kmax.model.pixel_encoder import variants
 from deeplab2_kmax.model.post_processor import mask_wise_merging
 from deeplab2_kmax.trainer import optimizer as optimizer_lib
 from deeplab2_kmax.trainer import trainer as trainer_lib
@@ -25,9 +26,11 @@ class KMaXTask:
     self.seed = int(seed)
     self.dataset_info = config_lib.dataset_info_for(config)
     # Predictions (and ground truth) live at the pixel decoder's finest
-    # stride: 4, or 2 with Cityscapes' extra stage.
-    self.output_stride = min(
-        s.stride for s in config.model_options.pixel_decoder.stages)
+    # stride: 4, or 2 with Cityscapes' extra stage (4 again on a ConvNeXt,
+    # whose stage1 endpoint is at stride 4).
+    self.output_stride = variants.output_stride(
+        config.model_options.backbone.name,
+        [s.stride for s in config.model_options.pixel_decoder.stages])
 
   def build_model(self):
     """The model with all its variables (built by one small forward pass:

@@ -1,10 +1,14 @@
-"""Parity with DeepLab2 itself on the shared reference fixture.
+"""Parity with DeepLab2 itself on the shared reference fixtures.
 
-The fixture (../shared/parity) holds a script that writes a DeepLab2-layout
-kMaX R50 COCO checkpoint with deterministic weights, and the outputs and
-intermediates that DeepLab2 computed with it. We import the checkpoint and
-compare; on failure the intermediates say which stage first disagrees.
+Each fixture (../shared/parity/<name>) holds the keys of a DeepLab2 kMaX
+checkpoint (a script writes deterministic weights for them) and the outputs,
+post-processed maps and intermediates DeepLab2 computed with those weights.
+We import the checkpoint into the model of the matching zoo config and
+compare with ../shared/parity/README.md's criteria; on failure the
+intermediates say which stage first disagrees.
 """
+import dataclasses
+import json
 import subprocess
 import sys
 
@@ -13,8 +17,10 @@ import pytest
 import tensorflow as tf
 
 import deeplab2_kmax
+from deeplab2_kmax import config as config_lib
 from deeplab2_kmax.model import kernels
 from deeplab2_kmax.model import outputs
+from deeplab2_kmax.model.post_processor import mask_wise_merging
 from tests import conftest
 
 pytestmark = pytest.mark.slow
@@ -28,34 +34,62 @@ _OUTPUTS = [
 ]
 
 
+@dataclasses.dataclass(frozen=True)
+class _Fixture:
+  folder: str
+  config: str  # under configs/
+  size: str  # the fixture files' suffix
+  entries: int  # checkpoint entries but global_step
+  # DeepLab2's post-processing of the fixture: the config's evaluator
+  # options with area limits and class thresholds 0 (its summary says so).
+  overlap: float
+  reorder_mask_weight: float
+
+
+_FIXTURES = {
+    'r50': _Fixture('deeplab2_kmax_r50', 'coco/kmax_deeplab/kmax_r50_os32',
+                    '321', 1184, 0.8, 1.0),
+    'convnext_tiny': _Fixture(
+        'deeplab2_kmax_convnext_tiny',
+        'coco/kmax_deeplab/kmax_convnext_tiny_os32', '321', 1102, 0.8, 1.0),
+    'axial_r50': _Fixture(
+        'deeplab2_kmax_axial_r50', 'coco/kmax_deeplab/kmax_axial_r50_os32',
+        '321', 1410, 0.8, 1.0),
+    'r50_cityscapes': _Fixture(
+        'deeplab2_kmax_r50_cityscapes',
+        'cityscapes/kmax_deeplab/kmax_r50_os32', '129x257', 1156, 0.9, 0.0),
+}
+
+
 def _close_fraction(ours, reference):
   return np.isclose(np.asarray(ours), reference, rtol=1e-3, atol=1e-3).mean()
 
 
-@pytest.fixture(scope='module')
-def reference():
+@pytest.fixture(scope='module', params=sorted(_FIXTURES))
+def case(request, tmp_path_factory):
+  """(fixture, config, model with the imported weights, reference arrays)."""
   parity = conftest.require_parity_fixture()
-  return {
-      'outputs': np.load(parity / 'deeplab2_kmax_r50' /
-                         'reference_outputs_321.npz'),
-      'intermediates': np.load(parity / 'deeplab2_kmax_r50' /
-                               'reference_intermediates_321.npz'),
-  }
-
-
-@pytest.fixture(scope='module')
-def model(tmp_path_factory):
-  parity = conftest.require_parity_fixture()
-  prefix = tmp_path_factory.mktemp('reference') / 'model'
+  fixture = _FIXTURES[request.param]
+  folder = parity / fixture.folder
+  prefix = tmp_path_factory.mktemp(request.param) / 'model'
   subprocess.run(
       [sys.executable, str(parity / 'make_reference_checkpoint.py'),
-       str(parity / 'deeplab2_kmax_r50' / 'variables.tsv'), str(prefix)],
+       str(folder / 'variables.tsv'), str(prefix)],
       check=True, capture_output=True)
-  config = deeplab2_kmax.load_config(conftest.COCO_CONFIG)
-  kmax = deeplab2_kmax.build_model(config)
-  loaded = deeplab2_kmax.load_deeplab2_checkpoint(kmax, str(prefix))
-  assert loaded == 1184  # every entry but global_step
-  return kmax
+  config = deeplab2_kmax.load_config(
+      conftest.CONFIGS / f'{fixture.config}.textproto')
+  model = deeplab2_kmax.build_model(config)
+  loaded = deeplab2_kmax.load_deeplab2_checkpoint(model, str(prefix))
+  assert loaded == fixture.entries  # every entry but global_step
+  intermediates = folder / f'reference_intermediates_{fixture.size}.npz'
+  reference = {
+      'outputs': np.load(folder / f'reference_outputs_{fixture.size}.npz'),
+      'intermediates': (np.load(intermediates) if intermediates.exists()
+                        else None),
+      'summary': json.loads(
+          (folder / f'reference_summary_{fixture.size}.json').read_text()),
+  }
+  return fixture, config, model, reference
 
 
 def _intermediates(model, images):
@@ -81,8 +115,12 @@ def _intermediates(model, images):
 
 
 def _first_mismatch(model, images, intermediates):
+  if intermediates is None:
+    return 'the fixture has no intermediates'
   ours = _intermediates(model, images)
-  assert set(ours) == set(intermediates.files)
+  # Fixtures drop their largest intermediates; every one kept is ours too.
+  assert set(intermediates.files) <= set(ours), set(intermediates.files) - set(
+      ours)
   for name in intermediates.files:  # in data-flow order
     fraction = _close_fraction(ours[name], intermediates[name])
     if fraction < 0.999:
@@ -90,8 +128,36 @@ def _first_mismatch(model, images, intermediates):
   return 'no intermediate mismatch'
 
 
+def _panoptic_agreement(ours, theirs):
+  """Fraction of pixels in agreeing segments (ids may be renumbered): each
+  of our segments counts its pixels in the reference segment it overlaps
+  most."""
+  pairs, counts = np.unique(np.stack([ours.ravel(), theirs.ravel()]),
+                            axis=1, return_counts=True)
+  best = {}
+  for (o, _), c in zip(pairs.T, counts):
+    best[o] = max(best.get(o, 0), c)
+  return sum(best.values()) / ours.size
+
+
+def _post_process(fixture, config, result, size):
+  info = config_lib.dataset_info_for(config)
+  options = mask_wise_merging.MergingOptions(
+      pixel_confidence_threshold=0.4, thing_class_threshold=0.0,
+      stuff_class_threshold=0.0, overlap_threshold=fixture.overlap,
+      reorder_class_weight=1.0,
+      reorder_mask_weight=fixture.reorder_mask_weight,
+      thing_area_limit=0, stuff_area_limit=0)
+  return mask_wise_merging.merge(
+      result[outputs.CLASS_LOGITS], result[outputs.MASK_LOGITS], size,
+      channel_to_semantic=info.channel_to_semantic(),
+      num_things=info.num_things, label_divisor=info.label_divisor,
+      ignore_label=info.ignore_label, options=options)
+
+
 @pytest.mark.parametrize('policy', ['REFERENCE', 'CPU_OPTIMIZED'])
-def test_outputs_match_deeplab2(model, reference, policy):
+def test_outputs_match_deeplab2(case, policy):
+  fixture, config, model, reference = case
   ref = reference['outputs']
   images = tf.constant(ref['input_image'])
   with kernels.policy_scope(policy):
@@ -106,6 +172,11 @@ def test_outputs_match_deeplab2(model, reference, policy):
                np.argmax(ref['pixel_space_mask_logits'], -1)).mean()
   if agreement < 0.995:
     failures.append(f'mask argmax agrees on {agreement:.4%} of pixels')
+  merged = _post_process(fixture, config, result, images.shape[1:3])
+  panoptic = _panoptic_agreement(merged['panoptic'].numpy()[0],
+                                 ref['panoptic_pred'][0])
+  if panoptic < 0.99:
+    failures.append(f'panoptic map agrees on {panoptic:.4%} of pixels')
   if failures:
     with kernels.policy_scope(policy):
       stage = _first_mismatch(model, images, reference['intermediates'])
@@ -113,9 +184,11 @@ def test_outputs_match_deeplab2(model, reference, policy):
 
 
 @pytest.mark.parametrize('policy', ['REFERENCE', 'CPU_OPTIMIZED'])
-def test_intermediates_match_deeplab2(model, reference, policy):
+def test_intermediates_match_deeplab2(case, policy):
+  _, _, model, reference = case
+  if reference['intermediates'] is None:
+    pytest.skip('this fixture has no intermediates')
   images = tf.constant(reference['outputs']['input_image'])
   with kernels.policy_scope(policy):
     mismatch = _first_mismatch(model, images, reference['intermediates'])
   assert mismatch == 'no intermediate mismatch'
-

@@ -78,3 +78,21 @@ def test_unreadable_path_is_a_clear_error(tiny_config, tmp_path):
   with pytest.raises(deeplab2_import.CheckpointMismatchError,
                      match='initial_checkpoint'):
     initial_checkpoint.load_initial_checkpoint(model, tiny_config)
+
+
+@pytest.mark.slow
+def test_loads_a_deeplab2_convnext_checkpoint(tmp_path):
+  """ConvNeXt checkpoints have no encoder/_stem: found by their
+  encoder/downsample_layers keys."""
+  text = conftest.TINY_CONFIG.read_text().replace(
+      'name: "resnet_tiny"', 'name: "convnext_tiny"')
+  assert 'convnext_tiny' in text
+  config = deeplab2_kmax.config.parse_config(text)
+  source = _fresh(config)
+  import_test._randomize(source, 5)  # pylint: disable=protected-access
+  import_test._write_deeplab2_checkpoint(source, tmp_path / 'dl2')  # pylint: disable=protected-access
+  assert initial_checkpoint.is_deeplab2_checkpoint(str(tmp_path / 'dl2'))
+  config.model_options.initial_checkpoint = str(tmp_path / 'dl2')
+  target = _fresh(config)
+  initial_checkpoint.load_initial_checkpoint(target, config)
+  _assert_same_weights(source, target)

@@ -405,3 +405,55 @@ def test_train_command_reports_user_errors_in_one_line(tmp_path, flags,
   errors = [line for line in result.stderr.splitlines()
             if line.startswith('error: ')]
   assert len(errors) == 1 and errors[0].startswith(expected), errors
+
+
+@pytest.mark.slow
+def test_convnext_with_a_stage1_decoder_stage_trains_and_evaluates(
+    synthetic_env, tmp_path):
+  """Cityscapes' layout on a ConvNeXt: the 'stride 2' decoder stage fuses
+  the stride-4 stem output, so targets and predictions are at stride 4."""
+  text = TINY_CONFIG.read_text().replace(
+      'name: "resnet_tiny"', 'name: "convnext_tiny"').replace(
+          '    stages { stride: 4 block_type: BOTTLENECK num_blocks: 1 '
+          'filters: 8 }\n',
+          '    stages { stride: 4 block_type: BOTTLENECK num_blocks: 1 '
+          'filters: 8 }\n    stages { stride: 2 block_type: BOTTLENECK '
+          'num_blocks: 1 filters: 8 }\n')
+  assert 'convnext_tiny' in text and 'stride: 2 block_type' in text
+  config_file = tmp_path / 'convnext.textproto'
+  config_file.write_text(text)
+  model_dir = tmp_path / 'run'
+  overrides = SHORT + ['trainer_options.num_steps=2',
+                       'evaluator_options.num_eval_steps=1']
+  runner.run_experiment(config_file=config_file, model_dir=model_dir,
+                        mode='train', overrides=overrides,
+                        strategy='one_device')
+  result = runner.run_experiment(config_file=config_file, model_dir=model_dir,
+                                 mode='eval', overrides=overrides,
+                                 strategy='one_device')
+  assert np.isfinite(result['loss/total'])
+  assert 'panoptic/pq' in result
+
+
+@pytest.mark.slow
+def test_eval_without_checkpoints_evaluates_the_initial_checkpoint(
+    synthetic_env, tmp_path):
+  """A zoo checkpoint evaluates straight from initial_checkpoint (at step
+  0); with neither a checkpoint nor initial_checkpoint, eval is an error."""
+  config = runner.load_experiment_config(TINY_CONFIG, SHORT)
+  source = deeplab2_kmax.build_model(config)
+  deeplab2_import.ensure_built(source)
+  import_test._randomize(source, 3)  # pylint: disable=protected-access
+  prefix = tmp_path / 'zoo'
+  import_test._write_deeplab2_checkpoint(source, prefix)  # pylint: disable=protected-access
+  overrides = SHORT + ['evaluator_options.num_eval_steps=1',
+                       f'model_options.initial_checkpoint={prefix}']
+  result = runner.run_experiment(
+      config_file=TINY_CONFIG, model_dir=tmp_path / 'run', mode='eval',
+      overrides=overrides, strategy='one_device')
+  assert np.isfinite(result['loss/total'])
+  assert (tmp_path / 'run' / 'eval' / 'metrics-0.json').exists()
+  with pytest.raises(FileNotFoundError, match='initial_checkpoint'):
+    runner.run_experiment(config_file=TINY_CONFIG, model_dir=tmp_path / 'b',
+                          mode='eval', overrides=SHORT,
+                          strategy='one_device')
