@@ -36,7 +36,9 @@ def _parse_args(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--config_file', required=True)
   parser.add_argument('--sizes', default='641,1281',
-                      help='comma-separated square input sizes (k*32+1)')
+                      help='comma-separated input sizes (k*32+1): 641 '
+                      '(square), 1025x2049 (height x width), or eval (the '
+                      "config's evaluation crop size)")
   parser.add_argument('--xla', default='off,on',
                       help='comma-separated: off, on')
   parser.add_argument('--runs', type=int, default=5)
@@ -85,8 +87,28 @@ def _count_flops(tf, concrete):
   return stats.total_float_ops, uncounted
 
 
+def _input_size(text, config_file):
+  """(height, width) of a --sizes entry."""
+  if text == 'eval':
+    import deeplab2_kmax  # pylint: disable=import-outside-toplevel
+    crop = deeplab2_kmax.load_config(config_file).eval_dataset_options.crop_size
+    return int(crop[0]), int(crop[-1])
+  try:
+    parts = [int(p) for p in text.split('x')]
+  except ValueError:
+    parts = []
+  if len(parts) not in (1, 2):
+    raise SystemExit(f'--sizes: expected 641, 1025x2049 or eval; got {text!r}')
+  return parts[0], parts[-1]
+
+
+def _size_label(height, width):
+  return height if height == width else f'{height}x{width}'
+
+
 def count_flops(args, size):
   """Profiler FLOPs of one forward pass at `size` (its own process)."""
+  height, width = size
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import deeplab2_kmax  # pylint: disable=import-outside-toplevel
   from deeplab2_kmax.model import outputs  # pylint: disable=import-outside-toplevel
@@ -101,13 +123,14 @@ def count_flops(args, size):
             if k != outputs.AUXILIARY_PREDICTIONS}
 
   concrete = tf.function(forward).get_concrete_function(
-      tf.TensorSpec([1, size, size, 3], tf.float32))
+      tf.TensorSpec([1, height, width, 3], tf.float32))
   flops, uncounted = _count_flops(tf, concrete)
   return {'gflops': round(flops / 1e9, 2), 'flops_uncounted_ops': uncounted}
 
 
 def run_case(args, size, xla):
   """Measures one case in this process and returns its JSON record."""
+  height, width = size
   import numpy as np  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   import deeplab2_kmax  # pylint: disable=import-outside-toplevel
@@ -119,7 +142,7 @@ def run_case(args, size, xla):
   config = deeplab2_kmax.load_config(args.config_file)
   policy = kernels.set_policy(args.kernel_policy)
   model = deeplab2_kmax.build_model(config)
-  images = tf.random.uniform([1, size, size, 3], 0.0, 255.0, seed=0)
+  images = tf.random.uniform([1, height, width, 3], 0.0, 255.0, seed=0)
 
   def forward(x):
     result = model(x, training=False)
@@ -128,7 +151,7 @@ def run_case(args, size, xla):
 
   function = tf.function(forward, jit_compile=xla)
   # Tracing builds the variables without running anything at another size.
-  function.get_concrete_function(tf.TensorSpec([1, size, size, 3],
+  function.get_concrete_function(tf.TensorSpec([1, height, width, 3],
                                                tf.float32))
   trainable = int(sum(np.prod(v.shape) for v in model.trainable_weights))
   frozen = int(sum(np.prod(v.shape) for v in model.non_trainable_weights))
@@ -143,7 +166,7 @@ def run_case(args, size, xla):
   matmul = _matmul_rate(tf)
   return {
       'config': args.config_file,
-      'input_size': size,
+      'input_size': _size_label(height, width),
       'xla': xla,
       'batch': 1,
       'params': {'trainable': trainable, 'non_trainable': frozen},
@@ -164,22 +187,25 @@ def main(argv=None):
   args = _parse_args(argv)
   if args.case:
     kind, size = args.case.split(':', 1)
+    size = _input_size(size, args.config_file)
     if kind == 'flops':
-      record = count_flops(args, int(size))
+      record = count_flops(args, size)
     else:
-      record = run_case(args, int(size), kind == 'xla')
+      record = run_case(args, size, kind == 'xla')
     print(json.dumps(record), flush=True)
     return 0
   modes = args.xla.split(',')
   if any(m not in ('on', 'off') for m in modes):
     raise SystemExit(f'--xla: expected on and/or off, got {args.xla!r}')
   status = 0
-  for size in [int(s) for s in args.sizes.split(',')]:
+  for text in args.sizes.split(','):
+    size = '{}x{}'.format(*_input_size(text, args.config_file))
     flops = None if args.no_flops else _subprocess(args, f'flops:{size}')
     for xla in modes:
       record = _subprocess(args, f'{"xla" if xla == "on" else "plain"}:{size}')
       if record is None or (not args.no_flops and flops is None):
-        record = {'config': args.config_file, 'input_size': size,
+        record = {'config': args.config_file,
+                  'input_size': _size_label(*_input_size(size, None)),
                   'xla': xla == 'on', 'error': 'the case failed (see stderr)'}
         status = 1
       elif flops is not None:

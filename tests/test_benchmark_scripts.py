@@ -79,3 +79,14 @@ def test_deeplab2_benchmark_asks_for_tf_keras(tmp_path, monkeypatch):
       f'--deeplab2_parent={tmp_path}', f'--config_file={config}'])
   with pytest.raises(SystemExit, match='tf_keras is not installed'):
     script._check_setup(args)  # pylint: disable=protected-access
+
+
+def test_model_benchmark_sizes_square_rectangular_and_eval():
+  benchmark_model = _load('benchmark_model')
+  cityscapes = str(REPO_ROOT / 'configs' / 'cityscapes' / 'kmax_deeplab' /
+                   'kmax_r50_os32.textproto')
+  assert benchmark_model._input_size('641', None) == (641, 641)  # pylint: disable=protected-access
+  assert benchmark_model._input_size('1025x2049', None) == (1025, 2049)  # pylint: disable=protected-access
+  assert benchmark_model._input_size('eval', cityscapes) == (1025, 2049)  # pylint: disable=protected-access
+  with pytest.raises(SystemExit, match='--sizes'):
+    benchmark_model._input_size('big', None)  # pylint: disable=protected-access
