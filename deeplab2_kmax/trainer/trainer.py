@@ -27,6 +27,7 @@ import orbit
 import tensorflow as tf
 from absl import logging
 
+from deeplab2_kmax.model.kernels import policy
 from deeplab2_kmax.model.layers import sync_batch_norm
 from deeplab2_kmax.model.loss import kmax_loss
 from deeplab2_kmax.trainer import image_summaries
@@ -197,10 +198,7 @@ class KMaXTrainer(orbit.StandardTrainer):
     return result
 
 
-def is_tpu_strategy(strategy):
-  """Whether `strategy` replicates on TPUs (which compiles every step)."""
-  return isinstance(strategy, (tf.distribute.TPUStrategy,
-                               tf.distribute.experimental.TPUStrategy))
+is_tpu_strategy = policy.is_tpu_strategy
 
 
 def check_jit_compile_support(strategy, jit_compile):

@@ -87,6 +87,15 @@ def local_replica_devices():
   return accelerators or tf.config.list_logical_devices('CPU')
 
 
+def is_tpu_strategy(strategy=None):
+  """Whether `strategy` (default: the current one) replicates on TPUs, which
+  compile every step: no host callbacks, cross-replica sums by all_reduce."""
+  if strategy is None:
+    strategy = tf.distribute.get_strategy()
+  return isinstance(strategy, (tf.distribute.TPUStrategy,
+                               tf.distribute.experimental.TPUStrategy))
+
+
 _active = None  # KernelPolicy.REFERENCE / CPU_OPTIMIZED once resolved
 
 

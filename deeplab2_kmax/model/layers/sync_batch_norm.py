@@ -26,6 +26,8 @@ updated with the biased batch variance, as Keras does.
 import keras
 import tensorflow as tf
 
+from deeplab2_kmax.model.kernels import policy
+
 
 def _merge_sum(context, x):
   def reduce(strategy, value):
@@ -55,8 +57,7 @@ def set_compiled_replica_steps(compiled):
 
 
 def _use_all_reduce():
-  return _compiled_replica_steps or isinstance(
-      tf.distribute.get_strategy(), tf.distribute.TPUStrategy)
+  return _compiled_replica_steps or policy.is_tpu_strategy()
 
 
 def cross_replica_sum(x):

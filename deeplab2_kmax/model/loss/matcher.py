@@ -81,6 +81,8 @@ import numpy as np
 import scipy.optimize
 import tensorflow as tf
 
+from deeplab2_kmax.model.kernels import policy
+
 # Proposal rounds of the greedy start (step 3): a second round matches most
 # rows that lost the first one when costs tie; more rounds rarely help.
 _GREEDY_ROUNDS = 2
@@ -341,12 +343,6 @@ def host_hungarian_matching(cost):
   return assignment  # [B, R, C]
 
 
-def on_tpu():
-  """True under a TPUStrategy, where the host path cannot run."""
-  return isinstance(tf.distribute.get_strategy(), (
-      tf.distribute.TPUStrategy, tf.distribute.experimental.TPUStrategy))
-
-
 def match(cost, *, use_host=None):
   """Optimal assignment [B, R, C] bool, on the host or in TensorFlow.
 
@@ -375,7 +371,7 @@ def match(cost, *, use_host=None):
       when XLA compiles it), False the TensorFlow path, None chooses by the
       rule above.
   """
-  tpu = on_tpu()
+  tpu = policy.is_tpu_strategy()  # the host path cannot run there
   if use_host is None:
     use_host = not tpu
   if use_host and tpu:

@@ -138,3 +138,8 @@ def test_reference_and_cpu_optimized_agree_on_the_model(tiny_config,
                                err_msg=v.path)
     compared += 1
   assert compared > 0.9 * len(model.trainable_weights)
+
+
+def test_is_tpu_strategy_is_false_off_tpus():
+  assert not policy_lib.is_tpu_strategy()  # the default strategy
+  assert not policy_lib.is_tpu_strategy(tf.distribute.OneDeviceStrategy('/cpu:0'))

@@ -237,7 +237,7 @@ def test_match_chooses_host_by_default_and_tf_path_when_asked():
 
 
 def test_match_takes_tf_path_on_tpu(monkeypatch):
-  monkeypatch.setattr(matcher, 'on_tpu', lambda: True)
+  monkeypatch.setattr(matcher.policy, 'is_tpu_strategy', lambda: True)
   cost = np.random.default_rng(18).random([2, 5, 3], np.float32)
   assert not _op_types(matcher.match, cost) & {'PyFunc', 'PyFuncStateless'}
   np.testing.assert_array_equal(matcher.match(cost), _graph_matching(cost))
