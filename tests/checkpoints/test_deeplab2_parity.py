@@ -44,6 +44,7 @@ class _Fixture:
   # options with area limits and class thresholds 0 (its summary says so).
   overlap: float
   reorder_mask_weight: float
+  intermediates: bool = True  # the fixture stores DeepLab2's intermediates
 
 
 _FIXTURES = {
@@ -57,7 +58,8 @@ _FIXTURES = {
         '321', 1410, 0.8, 1.0),
     'r50_cityscapes': _Fixture(
         'deeplab2_kmax_r50_cityscapes',
-        'cityscapes/kmax_deeplab/kmax_r50_os32', '129x257', 1156, 0.9, 0.0),
+        'cityscapes/kmax_deeplab/kmax_r50_os32', '129x257', 1156, 0.9, 0.0,
+        intermediates=False),
 }
 
 
@@ -81,11 +83,11 @@ def case(request, tmp_path_factory):
   model = deeplab2_kmax.build_model(config)
   loaded = deeplab2_kmax.load_deeplab2_checkpoint(model, str(prefix))
   assert loaded == fixture.entries  # every entry but global_step
-  intermediates = folder / f'reference_intermediates_{fixture.size}.npz'
   reference = {
       'outputs': np.load(folder / f'reference_outputs_{fixture.size}.npz'),
-      'intermediates': (np.load(intermediates) if intermediates.exists()
-                        else None),
+      'intermediates': (np.load(folder / 'reference_intermediates_'
+                                f'{fixture.size}.npz')
+                        if fixture.intermediates else None),
       'summary': json.loads(
           (folder / f'reference_summary_{fixture.size}.json').read_text()),
   }
@@ -184,10 +186,11 @@ def test_outputs_match_deeplab2(case, policy):
 
 
 @pytest.mark.parametrize('policy', ['REFERENCE', 'CPU_OPTIMIZED'])
+@pytest.mark.parametrize(
+    'case', [name for name, f in sorted(_FIXTURES.items()) if f.intermediates],
+    indirect=True)
 def test_intermediates_match_deeplab2(case, policy):
   _, _, model, reference = case
-  if reference['intermediates'] is None:
-    pytest.skip('this fixture has no intermediates')
   images = tf.constant(reference['outputs']['input_image'])
   with kernels.policy_scope(policy):
     mismatch = _first_mismatch(model, images, reference['intermediates'])
