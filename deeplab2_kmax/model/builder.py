@@ -3,6 +3,8 @@
 The only place that reads the protobuf config: every layer below takes plain
 typed arguments.
 """
+import dataclasses
+
 from deeplab2_kmax import config as config_lib
 from deeplab2_kmax.model import kmax_deeplab
 from deeplab2_kmax.model.heads import mask_prediction_head
@@ -11,6 +13,8 @@ from deeplab2_kmax.model.pixel_decoder import kmax_pixel_decoder
 from deeplab2_kmax.model.pixel_encoder import convnext
 from deeplab2_kmax.model.pixel_encoder import resnet
 from deeplab2_kmax.model.pixel_encoder import variants
+from deeplab2_kmax.model.transformer_decoder import cmt_layer
+from deeplab2_kmax.model.transformer_decoder import cmt_transformer_decoder
 from deeplab2_kmax.model.transformer_decoder import cross_attention
 from deeplab2_kmax.model.transformer_decoder import kmax_transformer_decoder
 from deeplab2_kmax.protos import config_pb2
@@ -34,13 +38,8 @@ def build_model(config):
   config_lib.validate(config)
   options = config.model_options
   which = options.WhichOneof('meta_architecture')
-  if which != 'kmax_deeplab':
-    raise config_lib.ConfigError(
-        f'model_options.{which}: the CMT-DeepLab meta-architecture is not '
-        'available yet; use kmax_deeplab (its cross_attention_activation '
-        'can be CLUSTER_SOFTMAX for CMT-style soft clustering)')
   info = config_lib.dataset_info_for(config)
-  decoder = options.kmax_deeplab.transformer_decoder
+  decoder = getattr(options, which).transformer_decoder
   head = options.prediction_head
   num_class_logits = info.num_classes + 1  # things, stuff, void
 
@@ -53,18 +52,23 @@ def build_model(config):
        for s in options.pixel_decoder.stages],
       backbone_channels=encoder.output_channels,
       num_heads=options.pixel_decoder.num_heads, name='pixel_decoder')
-  transformer_decoder = kmax_transformer_decoder.KMaXTransformerDecoder(
-      [kmax_transformer_decoder.DecoderLayout(s.stride, s.num_layers)
-       for s in decoder.stages],
+  decoder_args = dict(
+      layout=[kmax_transformer_decoder.DecoderLayout(s.stride, s.num_layers)
+              for s in decoder.stages],
       num_class_logits=num_class_logits,
       num_centers=decoder.num_cluster_centers,
       center_width=decoder.center_width, num_heads=decoder.num_heads,
       ffn_width=decoder.ffn_width, embedding_dim=head.embedding_dim,
       head_width=head.pixel_head_width,
-      cross_attention_activation=_ACTIVATIONS[
-          decoder.cross_attention_activation],
       drop_path_keep_prob=decoder.drop_path_keep_prob,
       name='transformer_decoder')
+  if which == 'cmt_deeplab':
+    transformer_decoder = cmt_transformer_decoder.CMTTransformerDecoder(
+        components=cmt_components(options.cmt_deeplab), **decoder_args)
+  else:
+    transformer_decoder = kmax_transformer_decoder.KMaXTransformerDecoder(
+        cross_attention_activation=_ACTIVATIONS[
+            decoder.cross_attention_activation], **decoder_args)
   prediction_head = mask_prediction_head.MaskPredictionHead(
       num_class_logits, head.embedding_dim, head.pixel_head_width,
       name='prediction_head')
@@ -92,3 +96,10 @@ def build_pixel_encoder(name, drop_path_keep_prob=1.0):
         name, drop_path_keep_prob=drop_path_keep_prob, name='pixel_encoder')
   return resnet.ResNetEncoder(name, drop_path_keep_prob=drop_path_keep_prob,
                               name='pixel_encoder')
+
+
+def cmt_components(options):
+  """The CMTComponents switched on in a CMTDeepLabOptions."""
+  return cmt_layer.CMTComponents(**{
+      field.name: getattr(options, field.name)
+      for field in dataclasses.fields(cmt_layer.CMTComponents)})

@@ -49,8 +49,14 @@ class KMaXTask:
     """The loss; `compiled`: it runs in an XLA-compiled step, so the
     Hungarian matching takes its TensorFlow path (else the matcher chooses,
     see `matcher.match`)."""
+    model = self.config.model_options
+    reference_mask_weight = 0.0
+    if (model.WhichOneof('meta_architecture') == 'cmt_deeplab' and
+        model.cmt_deeplab.reference_masks):
+      reference_mask_weight = model.cmt_deeplab.reference_mask_loss_weight
     return kmax_loss.KMaXLoss.from_config(
         self.config.trainer_options.loss_options, self.dataset_info,
+        reference_mask_weight=reference_mask_weight,
         use_host_matching=False if compiled else None)
 
   def training_picture_shapes(self):

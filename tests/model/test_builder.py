@@ -87,12 +87,18 @@ def test_cross_attention_activation_switch_changes_the_model(tiny_config):
                          results['SPATIAL_SOFTMAX'])
 
 
-def test_cmt_meta_architecture_is_a_clear_error(tiny_config):
+def test_cmt_meta_architecture_builds_cmt_layers(tiny_config):
   text = conftest.TINY_CONFIG.read_text().replace('kmax_deeplab {',
                                                   'cmt_deeplab {')
   config = deeplab2_kmax.config.parse_config(text)
-  with pytest.raises(deeplab2_kmax.ConfigError, match='cmt_deeplab'):
-    deeplab2_kmax.build_model(config)
+  model = deeplab2_kmax.build_model(config)
+  result = model(tf.zeros([1, 65, 65, 3]), training=False)
+  layers = model.transformer_decoder.kmax_layers
+  assert [type(layer).__name__ for layer in layers] == ['CMTLayer'] * 3
+  assert result[outputs.MASK_LOGITS].shape == (1, 17, 17, 16)
+  for prediction in result[outputs.AUXILIARY_PREDICTIONS]:
+    assert (prediction[outputs.REFERENCE_MASKS].shape ==
+            prediction[outputs.MASK_LOGITS].shape)
 
 
 def test_config_without_dataset_is_a_clear_error(tiny_config):

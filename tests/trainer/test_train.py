@@ -77,9 +77,22 @@ def test_train_then_eval_then_train_and_eval(synthetic_env, tmp_path):
        ['evaluator_options.num_eval_steps=1'])
 
 
+def _cmt_tiny_config(tmp_path):
+  """kmax_tiny with CMT layers, two per stride (the pixel update is read)."""
+  text = TINY_CONFIG.read_text().replace('kmax_deeplab {', 'cmt_deeplab {')
+  for stride in (32, 16, 8):
+    text = text.replace(f'stages {{ stride: {stride} num_layers: 1 }}',
+                        f'stages {{ stride: {stride} num_layers: 2 }}')
+  path = tmp_path / 'cmt_tiny.textproto'
+  path.write_text(text)
+  return path
+
+
 @pytest.mark.slow
-def test_loss_falls_over_50_steps(synthetic_env, tmp_path):
-  config = runner.load_experiment_config(TINY_CONFIG, [
+@pytest.mark.parametrize('meta', ['kmax', 'cmt'])
+def test_loss_falls_over_50_steps(synthetic_env, tmp_path, meta):
+  config_file = TINY_CONFIG if meta == 'kmax' else _cmt_tiny_config(tmp_path)
+  config = runner.load_experiment_config(config_file, [
       'trainer_options.num_steps=50', 'trainer_options.steps_per_loop=10',
       'trainer_options.save_checkpoints_steps=50',
       'trainer_options.solver_options.warmup_steps=5'])
@@ -90,8 +103,13 @@ def test_loss_falls_over_50_steps(synthetic_env, tmp_path):
   for _ in range(5):
     losses.append(trainer.train(tf.constant(10))['total'])
   # Mean loss of each loop of 10 steps: falls steadily.
-  assert losses[-1] < 0.97 * losses[0], losses
+  # CMT's six layers add twice kMaX's auxiliary terms, which fall slower.
+  assert losses[-1] < (0.97 if meta == 'kmax' else 0.98) * losses[0], losses
   assert all(later < losses[0] for later in losses[1:]), losses
+  if meta == 'cmt':
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses  # the mask-approximation loss is trained too
+    terms = trainer.train(tf.constant(1))
+    assert terms['reference_mask'] > 0
 
 
 @pytest.mark.slow

@@ -37,6 +37,7 @@ from deeplab2_kmax.model.loss import instance_discrimination_loss
 from deeplab2_kmax.model.loss import mask_id_loss
 from deeplab2_kmax.model.loss import matcher
 from deeplab2_kmax.model.loss import pq_style_loss
+from deeplab2_kmax.model.loss import reference_mask_loss
 from deeplab2_kmax.model.loss import semantic_loss
 
 PQ_CLASS = 'pq_class'
@@ -44,10 +45,12 @@ PQ_DICE = 'pq_dice'
 MASK_ID = 'mask_id'
 INSTANCE_DISCRIMINATION = 'instance_discrimination'
 SEMANTIC = 'semantic'
+# CMT-DeepLab's mask-approximation loss on the layers' reference masks.
+REFERENCE_MASK = 'reference_mask'
 TOTAL = 'total'
 # Terms computed for every output (final and auxiliary).
 PER_OUTPUT_TERMS = (PQ_CLASS, PQ_DICE, MASK_ID, INSTANCE_DISCRIMINATION)
-TERMS = PER_OUTPUT_TERMS + (SEMANTIC,)
+TERMS = PER_OUTPUT_TERMS + (SEMANTIC, REFERENCE_MASK)
 NON_FINITE_PREFIX = 'non_finite/'
 
 # Keys of the ground-truth dict made by the input pipeline.
@@ -125,6 +128,8 @@ class _Prediction:
   class_logits: tf.Tensor  # [B, N, K + 1]
   mask_logits: tf.Tensor  # [B, P, N]
   pixel_feature: tf.Tensor  # [B, h, w, E] at its own stride, or None
+  # CMT layers only: [B, P, N] reference masks at the final resolution.
+  reference_masks: tf.Tensor = None
 
 
 def non_finite_terms(losses):
@@ -148,6 +153,7 @@ class KMaXLoss:
                semantic_sample_k=4096,
                semantic_sample_temperature=2.0,
                semantic_top_k_fraction=1.0,
+               reference_mask_weight=0.0,
                use_host_matching=None):
     """Plain typed settings (see LossOptions in proto/config.proto).
 
@@ -198,6 +204,7 @@ class KMaXLoss:
     self.semantic_sample_k = int(semantic_sample_k)
     self.semantic_sample_temperature = float(semantic_sample_temperature)
     self.semantic_top_k_fraction = float(semantic_top_k_fraction)
+    self.reference_mask_weight = float(reference_mask_weight)
     self.use_host_matching = use_host_matching
 
   @classmethod
@@ -287,6 +294,13 @@ class KMaXLoss:
                     prediction.pixel_feature, samples, size),
                 sample_ids, gt['classes'].shape[-1],
                 self.instance_discrimination_temperature))
+      if (self.reference_mask_weight > 0 and
+          prediction.reference_masks is not None):
+        per_image[f'{REFERENCE_MASK}/{name}'] = (
+            self.reference_mask_weight *
+            reference_mask_loss.reference_mask_dice_loss(
+                prediction.reference_masks, gt['masks'], matching.assignment,
+                1.0 - tf.cast(gt['void'], tf.float32)))
     if self.semantic_weight > 0:
       if outputs.get(outputs_lib.SEMANTIC_LOGITS) is None:
         raise ValueError(
@@ -333,11 +347,16 @@ class KMaXLoss:
       feature = None
       if self.instance_discrimination_weight > 0:
         feature = prediction[outputs_lib.PIXEL_FEATURE]  # [B, h, w, E]
+      reference = prediction.get(outputs_lib.REFERENCE_MASKS)
+      if reference is not None:
+        reference = tf.reshape(resize.resize_align_corners(
+            tf.cast(reference, tf.float32), size),
+                               [-1, num_pixels, reference.shape[-1]])
       result.append(_Prediction(
           class_logits=class_logits,
           mask_logits=tf.reshape(mask_logits,
                                  [-1, num_pixels, mask_logits.shape[-1]]),
-          pixel_feature=feature))
+          pixel_feature=feature, reference_masks=reference))
     return result, size
 
   def _ground_truth(self, targets, size):

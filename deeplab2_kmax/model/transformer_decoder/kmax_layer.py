@@ -85,7 +85,7 @@ class KMaXLayer(keras.layers.Layer):
 
   def call(self, pixels, centers, training=False):
     b, h, w = tf.shape(pixels)[0], pixels.shape[1], pixels.shape[2]
-    n, heads, width = centers.shape[1], self.num_heads, self.center_width
+    n, width = centers.shape[1], self.center_width
     pixels = tf.reshape(pixels, [b, h * w, pixels.shape[-1]])  # activated
     pixel_b = self.pixel_conv1(pixels, training=training)  # [B, P, D]
     center_b = self.memory_conv1(centers, training=training)  # [B, N, D]
@@ -101,7 +101,17 @@ class KMaXLayer(keras.layers.Layer):
     update = self.kmeans_bn(update, training=training)
     update = self.kmeans_conv3(update, training=training)  # [B, N, D]
 
-    # Self-attention among centers, from the layer's input (parallel branch).
+    retrieved = self.self_attention(center_b, training)  # [B, N, D]
+    centers = self.update_centers(
+        centers, [self.drop_kmeans(update, training=training),
+                  self.drop_attention(retrieved, training=training)],
+        training)
+    return centers, prediction
+
+  def self_attention(self, center_b, training):
+    """Multi-head self-attention among the (projected) centers [B, N, D]."""
+    b, n = tf.shape(center_b)[0], center_b.shape[1]
+    heads, width = self.num_heads, self.center_width
     qkv = self.memory_qkv(center_b, training=training)  # [B, N, 2Dk + D]
     q, k, v = tf.split(qkv, [self.key_depth, self.key_depth, width], -1)
     q = tf.reshape(q, [b, n, heads, -1])  # [B, N, h, dk]
@@ -115,15 +125,16 @@ class KMaXLayer(keras.layers.Layer):
         self.retrieved_value_bn(retrieved, training=training))
     retrieved = tf.reshape(tf.transpose(retrieved, [0, 2, 1, 3]),
                            [b, n, width])  # [B, N, D]
-    retrieved = self.memory_conv3(retrieved, training=training)
+    return self.memory_conv3(retrieved, training=training)
 
-    centers = conv_bn.gelu(
-        centers + self.drop_kmeans(update, training=training) +
-        self.drop_attention(retrieved, training=training))
+  def update_centers(self, centers, branches, training):
+    """C <- act(C + sum of the (dropped) branches), then the FFN."""
+    for branch in branches:  # left to right, as written out before
+      centers = centers + branch
+    centers = conv_bn.gelu(centers)
     ffn = self.ffn_conv2(self.ffn_conv1(centers, training=training),
                          training=training)  # [B, N, D]
-    centers = conv_bn.gelu(centers + self.drop_ffn(ffn, training=training))
-    return centers, prediction
+    return conv_bn.gelu(centers + self.drop_ffn(ffn, training=training))
 
   def get_config(self):
     return {**super().get_config(), 'num_class_logits': self.num_class_logits,

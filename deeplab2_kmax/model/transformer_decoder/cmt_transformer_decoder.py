@@ -1,0 +1,61 @@
+"""CMT-DeepLab's transformer decoder: CMT layers in kMaX's layout.
+
+Same layout, centers and embedding projections as KMaXTransformerDecoder;
+what differs is the state the layers pass on (cmt_layer.py): the updated
+pixel features (the next layer's input at the same stride; at a stride
+change the pixel decoder's feature at the new stride is used), the
+assignment logits (residual path) and the reference masks.
+"""
+import dataclasses
+
+import keras
+import tensorflow as tf
+
+from deeplab2_kmax.model.layers import conv_bn
+from deeplab2_kmax.model.transformer_decoder import cmt_layer
+from deeplab2_kmax.model.transformer_decoder import kmax_transformer_decoder
+
+
+@keras.saving.register_keras_serializable(package='deeplab2_kmax')
+class CMTTransformerDecoder(kmax_transformer_decoder.KMaXTransformerDecoder):
+  """{stride: pixel feature} -> (class emb, mask emb, per-layer predictions)."""
+
+  def __init__(self, layout, num_class_logits, components=None, **kwargs):
+    kwargs.pop('cross_attention_activation', None)
+    super().__init__(layout, num_class_logits,
+                     cross_attention_activation='cluster_softmax', **kwargs)
+    if isinstance(components, dict):
+      components = cmt_layer.CMTComponents(**components)
+    self.components = components or cmt_layer.CMTComponents()
+    # The kMaX layers the parent made are replaced (never built). A layer
+    # updates the pixels only when the next layer reads them (same stride).
+    strides = self.layer_strides
+    self.kmax_layers = [
+        cmt_layer.CMTLayer(
+            num_class_logits, components=self.components,
+            update_pixels=i + 1 < len(strides) and strides[i + 1] == stride,
+            center_width=self.center_width, num_heads=self.num_heads,
+            ffn_width=self.ffn_width, embedding_dim=self.embedding_dim,
+            head_width=self.head_width,
+            drop_path_keep_prob=self.drop_path_keep_prob,
+            name=f'cmt_layer{i}_os{stride}')
+        for i, stride in enumerate(self.layer_strides)]
+
+  def call(self, pixel_features, training=False):
+    batch = tf.shape(next(iter(pixel_features.values())))[0]
+    centers = tf.tile(self.cluster_centers, [batch, 1, 1])  # [B, N, D]
+    pixels = {s: conv_bn.gelu(pixel_features[s])
+              for s in set(self.layer_strides)}
+    auxiliary, state = [], None
+    for stride, layer in zip(self.layer_strides, self.kmax_layers):
+      centers, pixels[stride], prediction, state = layer(
+          pixels[stride], centers, state, training=training)
+      auxiliary.append(prediction)
+    class_embedding = self.class_embedding(centers, training=training)
+    mask_embedding = self.mask_embedding(centers, training=training)
+    return class_embedding, mask_embedding, auxiliary
+
+  def get_config(self):
+    config = super().get_config()
+    config.pop('cross_attention_activation')
+    return {**config, 'components': dataclasses.asdict(self.components)}
