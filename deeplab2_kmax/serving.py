@@ -44,6 +44,10 @@ Outputs of serving_default and serving_bytes (serving_batch adds a leading
                                centers of that layer's mask logits, resized
                                (nearest) to stride 4 of the crop and cut to
                                the image: h = (resized height - 1) // 4 + 1
+  cluster_confidence float32 [L, h, w]  the softmax over the N centers at
+                               that argmax (CMT's soft assignment; for kMaX
+                               how clear-cut its hard assignment is), same
+                               grid
 
 Bad inputs fail with tf.errors.InvalidArgumentError from a tf.debugging
 assertion whose message says what was expected: zero-size images, channel
@@ -273,11 +277,12 @@ class ServingModule(tf.Module):
                         'semantic_scores')}  # each [B, H, W]
     segments = _segment_table(merged, maps['panoptic'], static.source_ids,
                               _num_labels(info, static.num_centers))
-    clusters = _cluster_assignments(
+    clusters, confidence = _cluster_assignments(
         [p[outputs.MASK_LOGITS]
          for p in result[outputs.AUXILIARY_PREDICTIONS]],
         (crop_height, crop_width), size)
-    return {**maps, **segments, 'cluster_assignments': clusters}
+    return {**maps, **segments, 'cluster_assignments': clusters,
+            'cluster_confidence': confidence}
 
 
 def _to_rgb(images, where):
@@ -379,15 +384,20 @@ def _segment_table(merged, panoptic, source_ids, num_labels):
 
 
 def _cluster_assignments(layer_mask_logits, crop_size, size):
-  """int32 [B, L, h4, w4]: per-layer center argmax at stride 4, cut to size."""
+  """Per-layer center argmax, int32 [B, L, h4, w4], and its softmax
+  probability, float32 [B, L, h4, w4]: at stride 4, cut to size."""
   full = [(s - 1) // _MASK_STRIDE + 1 for s in crop_size]
   valid = [(size[i] - 1) // _MASK_STRIDE + 1 for i in (0, 1)]
-  layers = []
+  centers, confidences = [], []
   for logits in layer_mask_logits:  # [B, h_l, w_l, N]
+    logits = tf.cast(logits, tf.float32)
     center = tf.argmax(logits, axis=-1, output_type=tf.int32)
+    confidence = tf.reduce_max(tf.nn.softmax(logits, axis=-1), axis=-1)
     center = _resize_nearest(center[..., tf.newaxis], full)[..., 0]
-    layers.append(center[:, :valid[0], :valid[1]])  # [B, h4, w4]
-  return tf.stack(layers, axis=1)
+    confidence = _resize_nearest(confidence[..., tf.newaxis], full)[..., 0]
+    centers.append(center[:, :valid[0], :valid[1]])  # [B, h4, w4]
+    confidences.append(confidence[:, :valid[0], :valid[1]])
+  return tf.stack(centers, axis=1), tf.stack(confidences, axis=1)
 
 
 # TensorFlow Serving --------------------------------------------------------

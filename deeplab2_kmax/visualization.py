@@ -198,7 +198,7 @@ def _fit(height, width, panel_size):
 
 def cluster_figure(image, cluster_assignments, panoptic, dataset_info, *,
                    layer_strides, num_centers=None, panel_size=256,
-                   columns=4, cluster_alpha=0.75):
+                   columns=4, cluster_alpha=0.75, cluster_confidence=None):
   """uint8 [H', W', 3]: titled grid of input, per-layer clusters, panoptic.
 
   Args:
@@ -212,6 +212,9 @@ def cluster_figure(image, cluster_assignments, panoptic, dataset_info, *,
     panel_size: longer side of each panel in pixels.
     columns: panels per row.
     cluster_alpha: weight of the center colors over the image.
+    cluster_confidence: optional float [L, h, w] in [0, 1], the assignment's
+      probability (a soft assignment drawn as its argmax): a center's color
+      is as bright as the pixel's confidence, dark where it is unsure.
   """
   image = np.asarray(image, np.uint8)
   assignments = np.asarray(cluster_assignments)
@@ -229,7 +232,11 @@ def cluster_figure(image, cluster_assignments, panoptic, dataset_info, *,
   shown = resized(image, Image.BILINEAR)
   panels = [('input', shown)]
   for i, (layer, stride) in enumerate(zip(assignments, layer_strides)):
-    rgb = resized(assignment_to_rgb(layer, colors), Image.NEAREST)
+    rgb = assignment_to_rgb(layer, colors)
+    if cluster_confidence is not None:
+      confidence = np.clip(np.asarray(cluster_confidence[i], np.float32), 0, 1)
+      rgb = np.round(rgb * confidence[..., None]).astype(np.uint8)
+    rgb = resized(rgb, Image.NEAREST)
     mix = cluster_alpha * rgb + (1.0 - cluster_alpha) * shown
     panels.append((f'layer {i + 1} (stride {stride})',
                    np.round(mix).astype(np.uint8)))

@@ -10,8 +10,10 @@ k-means cross-attention; Yu et al., "k-means Mask Transformer", ECCV 2022).
 The figure has one titled panel per step: "input", "layer 1 (stride 32)",
 ..., then "panoptic", the final result with class names. Each center keeps
 its color (by center index) in every layer, so one sees the clusters sharpen
-from the coarse to the fine layers. The PNG is written to a temporary name
-and renamed.
+from the coarse to the fine layers; the color is as bright as the pixel's
+assignment probability (softmax over the centers), so CMT-DeepLab's soft
+assignments show where they are unsure. The PNG is written to a temporary
+name and renamed.
 """
 import argparse
 import sys
@@ -30,7 +32,7 @@ def cluster_picture(predictor, image, *, panel_size=256, columns=4):
       image, result['cluster_assignments'], result['panoptic'],
       predictor.dataset_info, layer_strides=predictor.layer_strides,
       num_centers=predictor.num_centers, panel_size=panel_size,
-      columns=columns)
+      columns=columns, cluster_confidence=result.get('cluster_confidence'))
 
 
 def parse_args(argv):

@@ -210,6 +210,13 @@ def test_saved_model_equals_in_process_model_and_merging(exported, policy):
   np.testing.assert_array_equal(clusters[2, ::2, ::2],
                                 aux[2].argmax(axis=-1)[:13, :15])
   assert clusters.min() >= 0 and clusters.max() < 16
+  # Their probability: the softmax over the centers at the argmax.
+  confidence = served['cluster_confidence']
+  assert confidence.shape == (3, 25, 30) and confidence.dtype == np.float32
+  probabilities = tf.nn.softmax(aux[2]).numpy().max(axis=-1)[:13, :15]
+  np.testing.assert_allclose(confidence[2, ::2, ::2], probabilities,
+                             rtol=1e-3, atol=1e-5)  # kernels may differ
+  assert confidence.min() >= 1 / 16 - 1e-6 and confidence.max() <= 1
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ from PIL import Image
 import pytest
 
 from deeplab2_kmax import export
+from deeplab2_kmax.data import dataset_info
 from deeplab2_kmax import visualization
 from deeplab2_kmax import visualize_clusters
 from tests import test_export
@@ -39,7 +40,8 @@ def test_figure_shows_each_layer_assignment_and_the_panoptic_result(
   expected = visualization.cluster_figure(
       image, served['cluster_assignments'], served['panoptic'],
       export.read_dataset_info(exported.saved_model),
-      layer_strides=(32, 16, 8), num_centers=16, panel_size=128)
+      layer_strides=(32, 16, 8), num_centers=16, panel_size=128,
+      cluster_confidence=served['cluster_confidence'])
   np.testing.assert_array_equal(figure, expected)
   # Five panels (input, three layers, panoptic), four per row: two rows.
   assert figure.shape[1] > 4 * 128 and figure.shape[0] > 2 * 107
@@ -53,3 +55,22 @@ def test_unreadable_image_is_reported_by_name(tmp_path, capsys):
   assert f'{tmp_path / "bad.jpg"}: cannot read the image' in (
       capsys.readouterr().err)
   assert not (tmp_path / 'out.png').exists()
+
+
+def test_confidence_darkens_the_center_colors():
+  image = np.full([8, 8, 3], 100, np.uint8)
+  assignments = np.zeros([1, 8, 8], np.int32)
+  confidence = np.ones([1, 8, 8], np.float32)
+  confidence[0, :, 4:] = 0.0  # unsure on the right half
+  panoptic = np.zeros([8, 8], np.int32)
+  info = dataset_info.get_dataset_info('synthetic_panoptic')
+  sure = visualization.cluster_figure(
+      image, assignments, panoptic, info, layer_strides=(8,), panel_size=8,
+      columns=3, cluster_alpha=1.0)
+  unsure = visualization.cluster_figure(
+      image, assignments, panoptic, info, layer_strides=(8,), panel_size=8,
+      columns=3, cluster_alpha=1.0, cluster_confidence=confidence)
+  assert sure.shape == unsure.shape
+  difference = np.abs(sure.astype(int) - unsure.astype(int)).sum(axis=-1)
+  assert difference.max() > 0  # the right half went dark
+  assert unsure.astype(int).sum() < sure.astype(int).sum()
