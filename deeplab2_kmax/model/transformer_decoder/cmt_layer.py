@@ -149,7 +149,9 @@ class CMTLayer(kmax_layer.KMaXLayer):
 
     logits = tf.cast(prediction[outputs.MASK_LOGITS], tf.float32)
     if state is not None and c.assignment_residual:
-      logits += resize.resize_align_corners(state['logits'], (h, w))
+      # Keras casts layer inputs to the compute dtype: back to float32.
+      logits += resize.resize_align_corners(
+          tf.cast(state['logits'], tf.float32), (h, w))
     if state is not None and c.reference_masks:
       logits += log_reference_masks(state['reference'], h, w)
     weights = tf.nn.softmax(logits, axis=-1)  # [B, h, w, N], over centers

@@ -157,3 +157,21 @@ def test_decoder_updates_pixels_only_where_the_next_layer_reads_them():
   config = decoder.get_config()
   clone = cmt_transformer_decoder.CMTTransformerDecoder.from_config(config)
   assert clone.components == decoder.components
+
+
+def test_runs_under_mixed_precision_with_float32_state():
+  """Keras casts layer inputs to bfloat16; the assignment stays float32."""
+  keras.mixed_precision.set_global_policy('mixed_bfloat16')
+  try:
+    layer = _layer()
+    pixels, centers = _inputs()
+    _, _, _, state = layer(pixels, centers, training=True)
+    new_centers, new_pixels, prediction, state = layer(
+        pixels, centers, state, training=True)
+  finally:
+    keras.mixed_precision.set_global_policy('float32')
+  assert state['logits'].dtype == tf.float32
+  assert new_centers.dtype == tf.bfloat16
+  assert new_pixels.shape == pixels.shape
+  assert np.all(np.isfinite(
+      tf.cast(prediction[outputs.REFERENCE_MASKS], tf.float32)))
