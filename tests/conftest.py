@@ -2,6 +2,7 @@
 import os
 import pathlib
 
+import numpy as np
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -21,6 +22,33 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 def tiny_config():
   import deeplab2_kmax  # pylint: disable=import-outside-toplevel
   return deeplab2_kmax.load_config(TINY_CONFIG)
+
+
+def parity_encoder_shapes(fixture):
+  """{key without .ATTRIBUTES suffix: shape} of the `encoder/` entries of
+  a parity fixture's variables.tsv (lines: key, shape like [3, 3, 64], dtype).
+  """
+  suffix = '/.ATTRIBUTES/VARIABLE_VALUE'
+  shapes = {}
+  tsv = require_parity_fixture() / fixture / 'variables.tsv'
+  for line in tsv.read_text().splitlines():
+    key, shape, _ = line.split('\t')
+    if key.startswith('encoder/'):
+      shapes[key[:-len(suffix)]] = [int(d) for d in shape.strip('[]').split(',')
+                                    if d.strip()]
+  return shapes
+
+
+def panoptic_agreement(ours, theirs):
+  """Fraction of pixels in agreeing segments of two panoptic maps whose ids
+  may be renumbered: each of our segments counts its pixels in the
+  reference segment it overlaps most."""
+  pairs, counts = np.unique(np.stack([np.ravel(ours), np.ravel(theirs)]),
+                            axis=1, return_counts=True)
+  best = {}
+  for (o, _), c in zip(pairs.T, counts):
+    best[o] = max(best.get(o, 0), c)
+  return sum(best.values()) / np.size(ours)
 
 
 def require_parity_fixture():

@@ -130,18 +130,6 @@ def _first_mismatch(model, images, intermediates):
   return 'no intermediate mismatch'
 
 
-def _panoptic_agreement(ours, theirs):
-  """Fraction of pixels in agreeing segments (ids may be renumbered): each
-  of our segments counts its pixels in the reference segment it overlaps
-  most."""
-  pairs, counts = np.unique(np.stack([ours.ravel(), theirs.ravel()]),
-                            axis=1, return_counts=True)
-  best = {}
-  for (o, _), c in zip(pairs.T, counts):
-    best[o] = max(best.get(o, 0), c)
-  return sum(best.values()) / ours.size
-
-
 def _post_process(fixture, config, result, size):
   info = config_lib.dataset_info_for(config)
   options = mask_wise_merging.MergingOptions(
@@ -175,7 +163,7 @@ def test_outputs_match_deeplab2(case, policy):
   if agreement < 0.995:
     failures.append(f'mask argmax agrees on {agreement:.4%} of pixels')
   merged = _post_process(fixture, config, result, images.shape[1:3])
-  panoptic = _panoptic_agreement(merged['panoptic'].numpy()[0],
+  panoptic = conftest.panoptic_agreement(merged['panoptic'].numpy()[0],
                                  ref['panoptic_pred'][0])
   if panoptic < 0.99:
     failures.append(f'panoptic map agrees on {panoptic:.4%} of pixels')

@@ -16,25 +16,12 @@ from deeplab2_kmax.model.pixel_encoder import resnet
 from tests import conftest
 
 _FIXTURE = 'deeplab2_kmax_axial_r50'
-_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 _CHANNELS = {2: 128, 4: 256, 8: 512, 16: 1024, 32: 2048}
 
 
 def _encoder():
   return resnet.ResNetEncoder('axial_resnet50', drop_path_keep_prob=0.8,
                               name='pixel_encoder')
-
-
-def _encoder_listing():
-  """{key without suffix: shape} of DeepLab2's `encoder/` checkpoint keys."""
-  parity = conftest.require_parity_fixture()
-  listing = {}
-  for line in (parity / _FIXTURE / 'variables.tsv').read_text().splitlines():
-    key, shape, _ = line.split('\t')
-    if key.startswith('encoder/'):
-      listing[key[:-len(_SUFFIX)]] = [int(d) for d in
-                                      shape.strip('[]').split(',') if d]
-  return listing
 
 
 @pytest.fixture(scope='module')
@@ -84,7 +71,7 @@ def test_resnet50_keeps_its_stem_and_relu():
 
 
 def test_key_map_and_parameter_count_equal_deeplab2s(built_encoder):
-  listing = _encoder_listing()
+  listing = conftest.parity_encoder_shapes(_FIXTURE)
   entries = deeplab2_import._encoder(built_encoder)  # pylint: disable=protected-access
   assert len(listing) == 491
   assert sorted(e.key for e in entries) == sorted(listing)

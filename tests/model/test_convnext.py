@@ -13,7 +13,6 @@ from deeplab2_kmax.checkpoints import deeplab2_import
 from deeplab2_kmax.model.pixel_encoder import convnext
 from tests import conftest
 
-_SUFFIX = '/.ATTRIBUTES/VARIABLE_VALUE'
 _FIXTURE = 'deeplab2_kmax_convnext_tiny'
 
 # (depths, dims) of DeepLab2's `convnext.get_model`, written out again here.
@@ -41,17 +40,6 @@ def _deeplab2_params(depths, dims):
   def block(c):  # depthwise conv, LN, pointwise 1 and 2, layer scale
     return (7 * 7 * c + c) + 2 * c + (c * 4 * c + 4 * c) + (4 * c * c + c) + c
   return stem + downsampling + sum(d * block(c) for d, c in zip(depths, dims))
-
-
-def _tsv_encoder_entries(parity):
-  """{key without suffix: shape} of the fixture's `encoder/` entries."""
-  entries = {}
-  for line in (parity / _FIXTURE / 'variables.tsv').read_text().splitlines():
-    key, shape, _ = line.split('\t')
-    if key.startswith('encoder/'):
-      entries[key[:-len(_SUFFIX)]] = [int(d) for d in shape.strip('[]')
-                                      .split(',') if d.strip()]
-  return entries
 
 
 def _built(variant='convnext_tiny', size=33, **kwargs):
@@ -84,15 +72,13 @@ def test_parameter_count_matches_deeplab2(variant):
 
 
 def test_tiny_parameter_count_matches_fixture():
-  parity = conftest.require_parity_fixture()
-  entries = _tsv_encoder_entries(parity)
+  entries = conftest.parity_encoder_shapes(_FIXTURE)
   assert sum(int(np.prod(s)) for s in entries.values()) == (
       _PARAMS['convnext_tiny'])
 
 
 def test_key_map_covers_fixture_keys_exactly():
-  parity = conftest.require_parity_fixture()
-  expected = _tsv_encoder_entries(parity)
+  expected = conftest.parity_encoder_shapes(_FIXTURE)
   assert len(expected) == 178
   encoder = _built()
   entries = deeplab2_import._encoder(encoder)

@@ -347,7 +347,9 @@ class KMaXLoss:
       feature = None
       if self.instance_discrimination_weight > 0:
         feature = prediction[outputs_lib.PIXEL_FEATURE]  # [B, h, w, E]
-      reference = prediction.get(outputs_lib.REFERENCE_MASKS)
+      reference = None
+      if self.reference_mask_weight > 0:
+        reference = prediction.get(outputs_lib.REFERENCE_MASKS)
       if reference is not None:
         reference = tf.reshape(resize.resize_align_corners(
             tf.cast(reference, tf.float32), size),

@@ -11,9 +11,6 @@ stride 4, like its `stage2`; `feature_stride` gives the real stride.
 """
 import dataclasses
 
-# The level strides of the five endpoints stage1..stage5.
-LEVEL_STRIDES = (2, 4, 8, 16, 32)
-
 
 @dataclasses.dataclass(frozen=True)
 class ResNetVariant:

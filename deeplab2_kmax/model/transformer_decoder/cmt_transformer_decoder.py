@@ -22,24 +22,25 @@ class CMTTransformerDecoder(kmax_transformer_decoder.KMaXTransformerDecoder):
 
   def __init__(self, layout, num_class_logits, components=None, **kwargs):
     kwargs.pop('cross_attention_activation', None)
-    super().__init__(layout, num_class_logits,
-                     cross_attention_activation='cluster_softmax', **kwargs)
     if isinstance(components, dict):
       components = cmt_layer.CMTComponents(**components)
+    # Set first: the parent's __init__ makes the layers (_make_layer).
     self.components = components or cmt_layer.CMTComponents()
-    # The kMaX layers the parent made are replaced (never built). A layer
-    # updates the pixels only when the next layer reads them (same stride).
+    super().__init__(layout, num_class_logits,
+                     cross_attention_activation='cluster_softmax', **kwargs)
+
+  def _make_layer(self, index, stride):
+    """A CMT layer; it updates the pixels only when the next layer reads
+    them (same stride)."""
     strides = self.layer_strides
-    self.kmax_layers = [
-        cmt_layer.CMTLayer(
-            num_class_logits, components=self.components,
-            update_pixels=i + 1 < len(strides) and strides[i + 1] == stride,
-            center_width=self.center_width, num_heads=self.num_heads,
-            ffn_width=self.ffn_width, embedding_dim=self.embedding_dim,
-            head_width=self.head_width,
-            drop_path_keep_prob=self.drop_path_keep_prob,
-            name=f'cmt_layer{i}_os{stride}')
-        for i, stride in enumerate(self.layer_strides)]
+    return cmt_layer.CMTLayer(
+        self.num_class_logits, components=self.components,
+        update_pixels=index + 1 < len(strides) and strides[index + 1] == stride,
+        center_width=self.center_width, num_heads=self.num_heads,
+        ffn_width=self.ffn_width, embedding_dim=self.embedding_dim,
+        head_width=self.head_width,
+        drop_path_keep_prob=self.drop_path_keep_prob,
+        name=f'cmt_layer{index}_os{stride}')
 
   def call(self, pixel_features, training=False):
     batch = tf.shape(next(iter(pixel_features.values())))[0]

@@ -41,19 +41,22 @@ class KMaXTransformerDecoder(keras.layers.Layer):
     self.drop_path_keep_prob = drop_path_keep_prob
     self.layer_strides = [g.stride for g in self.layout
                           for _ in range(g.num_layers)]
-    self.kmax_layers = [
-        kmax_layer.KMaXLayer(
-            num_class_logits, center_width=center_width, num_heads=num_heads,
-            ffn_width=ffn_width, embedding_dim=embedding_dim,
-            head_width=head_width,
-            cross_attention_activation=cross_attention_activation,
-            drop_path_keep_prob=drop_path_keep_prob,
-            name=f'kmax_layer{i}_os{stride}')
-        for i, stride in enumerate(self.layer_strides)]
+    self.kmax_layers = [self._make_layer(i, stride)
+                        for i, stride in enumerate(self.layer_strides)]
     self.class_embedding = conv_bn.DenseBN(
         center_width, activation='gelu', name='class_embedding_projection')
     self.mask_embedding = conv_bn.DenseBN(
         center_width, activation='gelu', name='mask_embedding_projection')
+
+  def _make_layer(self, index, stride):
+    """The decoder's layer `index`, attending at `stride`."""
+    return kmax_layer.KMaXLayer(
+        self.num_class_logits, center_width=self.center_width,
+        num_heads=self.num_heads, ffn_width=self.ffn_width,
+        embedding_dim=self.embedding_dim, head_width=self.head_width,
+        cross_attention_activation=self.cross_attention_activation,
+        drop_path_keep_prob=self.drop_path_keep_prob,
+        name=f'kmax_layer{index}_os{stride}')
 
   def build(self, input_shape=None):
     self.cluster_centers = self.add_weight(
