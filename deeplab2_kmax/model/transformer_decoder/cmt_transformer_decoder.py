@@ -9,9 +9,7 @@ assignment logits (residual path) and the reference masks.
 import dataclasses
 
 import keras
-import tensorflow as tf
 
-from deeplab2_kmax.model.layers import conv_bn
 from deeplab2_kmax.model.transformer_decoder import cmt_layer
 from deeplab2_kmax.model.transformer_decoder import kmax_transformer_decoder
 
@@ -42,19 +40,16 @@ class CMTTransformerDecoder(kmax_transformer_decoder.KMaXTransformerDecoder):
         drop_path_keep_prob=self.drop_path_keep_prob,
         name=f'cmt_layer{index}_os{stride}')
 
-  def call(self, pixel_features, training=False):
-    batch = tf.shape(next(iter(pixel_features.values())))[0]
-    centers = tf.tile(self.cluster_centers, [batch, 1, 1])  # [B, N, D]
-    pixels = {s: conv_bn.gelu(pixel_features[s])
-              for s in set(self.layer_strides)}
+  def _run_layers(self, pixels, centers, training):
+    """Passes each layer's state (and, at the same stride, its updated
+    pixels) to the next."""
+    pixels = dict(pixels)
     auxiliary, state = [], None
     for stride, layer in zip(self.layer_strides, self.kmax_layers):
       centers, pixels[stride], prediction, state = layer(
           pixels[stride], centers, state, training=training)
       auxiliary.append(prediction)
-    class_embedding = self.class_embedding(centers, training=training)
-    mask_embedding = self.mask_embedding(centers, training=training)
-    return class_embedding, mask_embedding, auxiliary
+    return centers, auxiliary
 
   def get_config(self):
     config = super().get_config()

@@ -70,14 +70,19 @@ class KMaXTransformerDecoder(keras.layers.Layer):
     # Decoder features are not activated; each stride's is activated once.
     activated = {s: conv_bn.gelu(pixel_features[s])
                  for s in set(self.layer_strides)}
-    auxiliary = []
-    for stride, layer in zip(self.layer_strides, self.kmax_layers):
-      centers, prediction = layer(activated[stride], centers,
-                                  training=training)
-      auxiliary.append(prediction)
+    centers, auxiliary = self._run_layers(activated, centers, training)
     class_embedding = self.class_embedding(centers, training=training)
     mask_embedding = self.mask_embedding(centers, training=training)
     return class_embedding, mask_embedding, auxiliary
+
+  def _run_layers(self, pixels, centers, training):
+    """The layers in order on {stride: activated pixels} -> (final centers,
+    per-layer predictions)."""
+    auxiliary = []
+    for stride, layer in zip(self.layer_strides, self.kmax_layers):
+      centers, prediction = layer(pixels[stride], centers, training=training)
+      auxiliary.append(prediction)
+    return centers, auxiliary
 
   def get_config(self):
     return {**super().get_config(),
