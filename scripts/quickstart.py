@@ -17,7 +17,6 @@ Each step prints where its output went. Re-running continues training from
 the last checkpoint in WORK_DIR/model.
 """
 import argparse
-import json
 import os
 import pathlib
 import shutil
@@ -58,23 +57,13 @@ def main(argv=None):
   from deeplab2_kmax import predict  # pylint: disable=import-outside-toplevel
   from deeplab2_kmax import visualization  # pylint: disable=import-outside-toplevel
   from deeplab2_kmax import visualize_clusters  # pylint: disable=import-outside-toplevel
-  from deeplab2_kmax.data import converters  # pylint: disable=import-outside-toplevel
   from deeplab2_kmax.data import synthetic  # pylint: disable=import-outside-toplevel
   from deeplab2_kmax.trainer import runner  # pylint: disable=import-outside-toplevel
 
   total = time.perf_counter()
   start = _step('1/5 synthetic data set (COCO panoptic format) -> TFRecords')
-  raw = data / 'raw'
-  if not (raw / 'annotations' / 'panoptic_val.json').exists():
-    synthetic.generate(raw, num_train=args.num_train, num_val=args.num_val,
-                       seed=args.seed, overwrite=True)
-  for split, shards in (('train', 4), ('val', 1)):
-    converters.convert(
-        'coco_panoptic', images_dir=raw / 'images' / split,
-        panoptic_json=raw / 'annotations' / f'panoptic_{split}.json',
-        panoptic_dir=raw / 'annotations' / f'panoptic_{split}',
-        output=data / split, num_shards=shards,
-        dataset='synthetic_panoptic', overwrite=True, progress=False)
+  raw = synthetic.write_tfrecords(data, num_train=args.num_train,
+                                 num_val=args.num_val, seed=args.seed)
   _done(start, f'{raw} -> {data}/{{train,val}}-*.tfrecord')
 
   start = _step(f'2/5 training {CONFIG.relative_to(ROOT)}')

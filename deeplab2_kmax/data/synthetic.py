@@ -125,6 +125,31 @@ def generate(output_dir, num_train, num_val, seed, options=None,
   return paths
 
 
+def write_tfrecords(data_dir, *, num_train, num_val, seed, train_shards=4):
+  """The data set as TFRecords, as the synthetic configs read them.
+
+  Generates the COCO panoptic files in `data_dir`/raw unless they are there
+  (same seed, same files), then converts them to
+  `data_dir`/{train,val}-*.tfrecord (what ${SYNTHETIC_DATA} names).
+  """
+  # Imported here: the converters import this package's dataset tables.
+  from deeplab2_kmax.data import converters  # pylint: disable=import-outside-toplevel
+  data_dir = pathlib.Path(data_dir)
+  raw = data_dir / 'raw'
+  if not all((raw / 'annotations' / f'panoptic_{split}.json').exists()
+             for split in SPLITS):
+    generate(raw, num_train=num_train, num_val=num_val, seed=seed,
+             overwrite=True)
+  for split, shards in (('train', train_shards), ('val', 1)):
+    converters.convert(
+        'coco_panoptic', images_dir=raw / 'images' / split,
+        panoptic_json=raw / 'annotations' / f'panoptic_{split}.json',
+        panoptic_dir=raw / 'annotations' / f'panoptic_{split}',
+        output=data_dir / split, num_shards=shards,
+        dataset='synthetic_panoptic', overwrite=True, progress=False)
+  return raw
+
+
 def main(argv=None):
   """Command line entry point; returns the exit status."""
   parser = argparse.ArgumentParser(

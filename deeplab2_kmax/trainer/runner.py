@@ -183,7 +183,9 @@ class Experiment:
                                                           self.config)
       logging.info('warm start: %s', report)
 
-  def controller(self):
+  def controller(self, progress=None):
+    """orbit.Controller of this run; `progress(step)`, if given, is called
+    with the global step after every training loop."""
     trainer_options = self.config.trainer_options
     loop = trainer_options.steps_per_loop
     # Orbit writes summaries at loop ends: round up to a whole loop.
@@ -197,6 +199,9 @@ class Experiment:
         summary_dir=str(self.model_dir / 'train') if self.is_chief else None,
         eval_summary_dir=(str(self.model_dir / 'eval') if self.is_chief
                           else None),
+        train_actions=(
+            [lambda _: progress(int(self.global_step.numpy()))]
+            if progress else None),
         eval_actions=([self._write_eval_json]
                       if self.evaluator and self.is_chief else None))
 
@@ -252,8 +257,11 @@ def _plain(result):
 
 def run_experiment(*, config_file, model_dir, mode='train', overrides=(),
                    strategy='auto', tpu=None, num_cpu_devices=0, seed=0,
-                   continuous_eval_timeout=3600):
-  """Runs one mode of an experiment; returns the last evaluation result."""
+                   continuous_eval_timeout=3600, progress=None):
+  """Runs one mode of an experiment; returns the last evaluation result.
+
+  `progress(step)`, if given, is called after every training loop.
+  """
   if mode not in MODES:
     raise ValueError(f'mode {mode!r}: expected one of {MODES}')
   config = load_experiment_config(config_file, overrides)
@@ -268,15 +276,15 @@ def run_experiment(*, config_file, model_dir, mode='train', overrides=(),
     io_utils.write_text(experiment.model_dir / 'config.textproto',
                 text_format.MessageToString(config))
   try:
-    return _run_mode(experiment, mode, continuous_eval_timeout)
+    return _run_mode(experiment, mode, continuous_eval_timeout, progress)
   finally:
     experiment.close()
 
 
-def _run_mode(experiment, mode, continuous_eval_timeout):
+def _run_mode(experiment, mode, continuous_eval_timeout, progress):
   config = experiment.config
   model_dir = experiment.model_dir
-  controller = experiment.controller()
+  controller = experiment.controller(progress)
   trainer_options = config.trainer_options
   eval_steps = config.evaluator_options.num_eval_steps
   if mode == 'train':

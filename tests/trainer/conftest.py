@@ -1,7 +1,6 @@
 """A small synthetic data set in TFRecords, made once per test session."""
 import pytest
 
-from deeplab2_kmax.data import converters
 from deeplab2_kmax.data import synthetic
 
 
@@ -9,15 +8,8 @@ from deeplab2_kmax.data import synthetic
 def synthetic_tfrecords(tmp_path_factory):
   """Folder with train-*.tfrecord (24 images) and val-*.tfrecord (4)."""
   root = tmp_path_factory.mktemp('synthetic')
-  raw = root / 'raw'
-  synthetic.generate(raw, num_train=24, num_val=4, seed=0)
-  for split, shards in (('train', 2), ('val', 1)):
-    converters.convert(
-        'coco_panoptic', images_dir=raw / 'images' / split,
-        panoptic_json=raw / 'annotations' / f'panoptic_{split}.json',
-        panoptic_dir=raw / 'annotations' / f'panoptic_{split}',
-        output=root / split, num_shards=shards,
-        dataset='synthetic_panoptic', progress=False)
+  synthetic.write_tfrecords(root, num_train=24, num_val=4, seed=0,
+                            train_shards=2)
   return root
 
 
