@@ -48,6 +48,11 @@ Outputs of serving_default and serving_bytes (serving_batch adds a leading
                                that argmax (CMT's soft assignment; for kMaX
                                how clear-cut its hard assignment is), same
                                grid
+  CMT-DeepLab models also return their layers' reference masks (Gaussians,
+  one per center, values in (0, 1]), on the same grid:
+  reference_mask_centers int32 [L, h, w]  the center whose reference mask
+                               is highest at the pixel
+  reference_mask_values float32 [L, h, w]  that mask's value
 
 Bad inputs fail with tf.errors.InvalidArgumentError from a tf.debugging
 assertion whose message says what was expected: zero-size images, channel
@@ -146,6 +151,11 @@ class ServingModule(tf.Module):
         source_ids=source_ids)
 
   # Facts for callers and for export_info.json (not part of the SavedModel).
+  @property
+  def model(self):
+    """The Keras model whose weights the signatures capture."""
+    return self._static.model
+
   @property
   def dataset_info(self):
     return self._static.dataset_info
@@ -277,12 +287,17 @@ class ServingModule(tf.Module):
                         'semantic_scores')}  # each [B, H, W]
     segments = _segment_table(merged, maps['panoptic'], static.source_ids,
                               _num_labels(info, static.num_centers))
-    clusters, confidence = _cluster_assignments(
-        [p[outputs.MASK_LOGITS]
-         for p in result[outputs.AUXILIARY_PREDICTIONS]],
-        (crop_height, crop_width), size)
+    layers = result[outputs.AUXILIARY_PREDICTIONS]
+    clusters, confidence = _per_layer_argmax(
+        [p[outputs.MASK_LOGITS] for p in layers], (crop_height, crop_width),
+        size, softmax=True)
+    extra = {}
+    if all(outputs.REFERENCE_MASKS in p for p in layers):  # CMT-DeepLab
+      extra['reference_mask_centers'], extra['reference_mask_values'] = (
+          _per_layer_argmax([p[outputs.REFERENCE_MASKS] for p in layers],
+                            (crop_height, crop_width), size, softmax=False))
     return {**maps, **segments, 'cluster_assignments': clusters,
-            'cluster_confidence': confidence}
+            'cluster_confidence': confidence, **extra}
 
 
 def _to_rgb(images, where):
@@ -383,16 +398,19 @@ def _segment_table(merged, panoptic, source_ids, num_labels):
   }
 
 
-def _cluster_assignments(layer_mask_logits, crop_size, size):
-  """Per-layer center argmax, int32 [B, L, h4, w4], and its softmax
-  probability, float32 [B, L, h4, w4]: at stride 4, cut to size."""
+def _per_layer_argmax(layer_maps, crop_size, size, *, softmax):
+  """Per-layer argmax over the centers of [B, h_l, w_l, N] maps, int32
+  [B, L, h4, w4], and the maximum, float32 [B, L, h4, w4] (of the softmax
+  over the centers if `softmax`): at stride 4, cut to size."""
   full = [(s - 1) // _MASK_STRIDE + 1 for s in crop_size]
   valid = [(size[i] - 1) // _MASK_STRIDE + 1 for i in (0, 1)]
   centers, confidences = [], []
-  for logits in layer_mask_logits:  # [B, h_l, w_l, N]
-    logits = tf.cast(logits, tf.float32)
-    center = tf.argmax(logits, axis=-1, output_type=tf.int32)
-    confidence = tf.reduce_max(tf.nn.softmax(logits, axis=-1), axis=-1)
+  for scores in layer_maps:  # [B, h_l, w_l, N]
+    scores = tf.cast(scores, tf.float32)
+    center = tf.argmax(scores, axis=-1, output_type=tf.int32)
+    if softmax:
+      scores = tf.nn.softmax(scores, axis=-1)
+    confidence = tf.reduce_max(scores, axis=-1)
     center = _resize_nearest(center[..., tf.newaxis], full)[..., 0]
     confidence = _resize_nearest(confidence[..., tf.newaxis], full)[..., 0]
     centers.append(center[:, :valid[0], :valid[1]])  # [B, h4, w4]

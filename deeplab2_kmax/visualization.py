@@ -191,14 +191,38 @@ def assignment_to_rgb(assignment, colors):
   return colors[np.asarray(assignment) % len(colors)]
 
 
-def _fit(height, width, panel_size):
+def fit(height, width, panel_size):
+  """(h, w) of a panel whose longer side is `panel_size`, aspect kept."""
   scale = panel_size / max(height, width)
   return max(1, round(height * scale)), max(1, round(width * scale))
 
 
+def resize_panel(array, size, resample=Image.BILINEAR):
+  """uint8 array resized to size = (h, w)."""
+  return np.asarray(Image.fromarray(np.asarray(array)).resize(
+      (size[1], size[0]), resample))
+
+
+def assignment_overlay(shown, assignment, colors, *, confidence=None,
+                       alpha=0.75):
+  """uint8 [h, w, 3]: each pixel's center color over the image `shown`.
+
+  `assignment` int [h', w'] (any size; nearest-resized to `shown`), `colors`
+  from `center_colors`; with `confidence` (float [h', w'] in [0, 1]) a color
+  is as bright as the pixel's confidence, dark where it is unsure.
+  """
+  rgb = assignment_to_rgb(assignment, colors)
+  if confidence is not None:
+    confidence = np.clip(np.asarray(confidence, np.float32), 0, 1)
+    rgb = np.round(rgb * confidence[..., None]).astype(np.uint8)
+  rgb = resize_panel(rgb, shown.shape[:2], Image.NEAREST)
+  return np.round(alpha * rgb + (1.0 - alpha) * shown).astype(np.uint8)
+
+
 def cluster_figure(image, cluster_assignments, panoptic, dataset_info, *,
                    layer_strides, num_centers=None, panel_size=256,
-                   columns=4, cluster_alpha=0.75, cluster_confidence=None):
+                   columns=4, cluster_alpha=0.75, cluster_confidence=None,
+                   reference_masks=None):
   """uint8 [H', W', 3]: titled grid of input, per-layer clusters, panoptic.
 
   Args:
@@ -215,6 +239,10 @@ def cluster_figure(image, cluster_assignments, panoptic, dataset_info, *,
     cluster_confidence: optional float [L, h, w] in [0, 1], the assignment's
       probability (a soft assignment drawn as its argmax): a center's color
       is as bright as the pixel's confidence, dark where it is unsure.
+    reference_masks: optional pair (int [L, h, w] center of the strongest
+      reference mask at each pixel, float [L, h, w] its value in (0, 1]):
+      CMT-DeepLab's reference masks, one more panel per layer after the
+      panoptic one, each center's Gaussian in its color.
   """
   image = np.asarray(image, np.uint8)
   assignments = np.asarray(cluster_assignments)
@@ -222,36 +250,38 @@ def cluster_figure(image, cluster_assignments, panoptic, dataset_info, *,
     raise ValueError(f'cluster_figure: expected [L, h, w] assignments with L '
                      f'= {len(layer_strides)} layers; found shape '
                      f'{assignments.shape}')
-  height, width = _fit(image.shape[0], image.shape[1], panel_size)
+  size = fit(image.shape[0], image.shape[1], panel_size)
   colors = center_colors(num_centers or int(assignments.max()) + 1)
-
-  def resized(array, resample):
-    return np.asarray(Image.fromarray(array).resize((width, height),
-                                                    resample))
-
-  shown = resized(image, Image.BILINEAR)
+  shown = resize_panel(image, size)
   panels = [('input', shown)]
   for i, (layer, stride) in enumerate(zip(assignments, layer_strides)):
-    rgb = assignment_to_rgb(layer, colors)
-    if cluster_confidence is not None:
-      confidence = np.clip(np.asarray(cluster_confidence[i], np.float32), 0, 1)
-      rgb = np.round(rgb * confidence[..., None]).astype(np.uint8)
-    rgb = resized(rgb, Image.NEAREST)
-    mix = cluster_alpha * rgb + (1.0 - cluster_alpha) * shown
-    panels.append((f'layer {i + 1} (stride {stride})',
-                   np.round(mix).astype(np.uint8)))
+    confidence = (None if cluster_confidence is None
+                  else cluster_confidence[i])
+    panels.append((f'layer {i + 1} (stride {stride})', assignment_overlay(
+        shown, layer, colors, confidence=confidence, alpha=cluster_alpha)))
   panoptic = np.asarray(panoptic)
   if panoptic.shape != image.shape[:2]:
     raise ValueError(f'cluster_figure: panoptic {panoptic.shape} and image '
                      f'{image.shape[:2]} differ in size')
   # The panel is drawn at its own size so the names are legible.
   panels.append(('panoptic', overlay(
-      shown, resized(panoptic.astype(np.int32), Image.NEAREST),
+      shown, resize_panel(panoptic.astype(np.int32), size, Image.NEAREST),
       dataset_info)))
-  return _grid(panels, columns=columns)
+  if reference_masks is not None:
+    centers, values = (np.asarray(a) for a in reference_masks)
+    if centers.shape != values.shape or len(centers) != len(layer_strides):
+      raise ValueError(
+          f'cluster_figure: expected reference masks as two [L, h, w] arrays '
+          f'with L = {len(layer_strides)}; found shapes {centers.shape} and '
+          f'{values.shape}')
+    for i in range(len(layer_strides)):
+      panels.append((f'layer {i + 1} reference masks', assignment_overlay(
+          shown, centers[i], colors, confidence=values[i],
+          alpha=cluster_alpha)))
+  return grid(panels, columns=columns)
 
 
-def _grid(panels, *, columns, margin=6):
+def grid(panels, *, columns, margin=6):
   """Lays out (title, uint8 [h, w, 3]) panels of one size on white."""
   height, width = panels[0][1].shape[:2]
   title_size = max(12, min(24, width // 14))

@@ -12,8 +12,10 @@ The figure has one titled panel per step: "input", "layer 1 (stride 32)",
 its color (by center index) in every layer, so one sees the clusters sharpen
 from the coarse to the fine layers; the color is as bright as the pixel's
 assignment probability (softmax over the centers), so CMT-DeepLab's soft
-assignments show where they are unsure. The PNG is written to a temporary
-name and renamed.
+assignments show where they are unsure. A CMT-DeepLab model adds one panel
+per layer after "panoptic": its reference masks, each center's Gaussian in
+the center's color, as bright as its value. The PNG is written to a
+temporary name and renamed.
 """
 import argparse
 import sys
@@ -28,11 +30,16 @@ from deeplab2_kmax import visualization
 def cluster_picture(predictor, image, *, panel_size=256, columns=4):
   """uint8 [H', W', 3] figure of one image (uint8 [H, W, 3])."""
   result = predictor(image)
+  references = None
+  if 'reference_mask_centers' in result:  # CMT-DeepLab
+    references = (result['reference_mask_centers'],
+                  result['reference_mask_values'])
   return visualization.cluster_figure(
       image, result['cluster_assignments'], result['panoptic'],
       predictor.dataset_info, layer_strides=predictor.layer_strides,
       num_centers=predictor.num_centers, panel_size=panel_size,
-      columns=columns, cluster_confidence=result.get('cluster_confidence'))
+      columns=columns, cluster_confidence=result.get('cluster_confidence'),
+      reference_masks=references)
 
 
 def parse_args(argv):

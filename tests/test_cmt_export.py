@@ -12,6 +12,8 @@ from deeplab2_kmax import config as config_lib
 from deeplab2_kmax import export
 from deeplab2_kmax import predict
 from deeplab2_kmax import serving
+from deeplab2_kmax import visualization
+from deeplab2_kmax import visualize_clusters
 from deeplab2_kmax.model import outputs
 from deeplab2_kmax.model.post_processor import mask_wise_merging
 from tests import test_export
@@ -93,3 +95,75 @@ def test_predict_writes_results_for_a_cmt_model(cmt_export, tmp_path):
   assert code == 0
   assert (tmp_path / 'out' / 'predictions.json').exists()
   assert (tmp_path / 'out' / '1_overlay.png').exists()
+
+
+def test_serving_returns_each_layers_reference_masks(cmt_export):
+  config, model, output = cmt_export
+  image = test_export.make_image(161, 161, seed=6)
+  served = tf.saved_model.load(str(output)).signatures[
+      serving.SERVING_DEFAULT](image=tf.constant(image))
+  centers = served['reference_mask_centers'].numpy()
+  values = served['reference_mask_values'].numpy()
+  layers = model(tf.constant(image[None], tf.float32), training=False)[
+      outputs.AUXILIARY_PREDICTIONS]
+  assert centers.shape == values.shape == (len(layers), 41, 41)
+  assert centers.dtype == np.int32 and values.dtype == np.float32
+  num_centers = config.model_options.cmt_deeplab.transformer_decoder
+  assert 0 <= centers.min() and centers.max() < (
+      num_centers.num_cluster_centers)
+  for layer, prediction in enumerate(layers):
+    # Nearest resizing of the layer's [h, w] maps: every served value is
+    # the highest reference mask at some pixel of that layer.
+    masks = prediction[outputs.REFERENCE_MASKS][0].numpy()  # [h, w, N]
+    highest = masks.max(axis=-1)
+    assert np.isin(np.round(values[layer], 5), np.round(highest, 5)).all()
+    assert np.isin(centers[layer], masks.argmax(axis=-1)).all()
+
+
+@pytest.mark.filterwarnings('ignore:.*tf.lite.Interpreter is deprecated')
+def test_litert_model_returns_the_reference_masks(cmt_export):
+  _, _, output = cmt_export
+  interpreter = tf.lite.Interpreter(
+      model_path=str(output / export.TFLITE_FILE))
+  lite = interpreter.get_signature_runner(serving.SERVING_DEFAULT)(
+      image=test_export.make_image(161, 161, seed=7))
+  expected = tf.saved_model.load(str(output)).signatures[
+      serving.SERVING_DEFAULT](
+          image=tf.constant(test_export.make_image(161, 161, seed=7)))
+  np.testing.assert_allclose(lite['reference_mask_values'],
+                             expected['reference_mask_values'].numpy(),
+                             atol=1e-3)
+
+
+def test_clustering_view_adds_a_reference_mask_panel_per_layer(
+    cmt_export, tmp_path):
+  config, _, output = cmt_export
+  path = tmp_path / 'photo.png'
+  image = test_export.make_image(seed=8)
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  Image.fromarray(image).save(path)
+  figure_path = tmp_path / 'clusters.png'
+  assert visualize_clusters.main([
+      f'--saved_model={output}', f'--image={path}',
+      f'--output={figure_path}', '--panel_size=64', '--columns=8']) == 0
+  with Image.open(figure_path) as figure:
+    figure = np.asarray(figure)
+  predictor = predict.Predictor.from_saved_model(str(output))
+  served = predictor(image)
+  strides = predictor.layer_strides
+  expected = visualization.cluster_figure(
+      image, served['cluster_assignments'], served['panoptic'],
+      predictor.dataset_info, layer_strides=strides,
+      num_centers=predictor.num_centers, panel_size=64, columns=8,
+      cluster_confidence=served['cluster_confidence'],
+      reference_masks=(served['reference_mask_centers'],
+                       served['reference_mask_values']))
+  np.testing.assert_array_equal(figure, expected)
+  without = visualization.cluster_figure(
+      image, served['cluster_assignments'], served['panoptic'],
+      predictor.dataset_info, layer_strides=strides,
+      num_centers=predictor.num_centers, panel_size=64, columns=8)
+  # input, 6 layers, panoptic (one row of 8), then 6 reference-mask panels.
+  assert len(strides) == 6
+  assert figure.shape[1] == without.shape[1]
+  assert figure.shape[0] > 1.9 * without.shape[0]

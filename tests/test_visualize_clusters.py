@@ -74,3 +74,42 @@ def test_confidence_darkens_the_center_colors():
   difference = np.abs(sure.astype(int) - unsure.astype(int)).sum(axis=-1)
   assert difference.max() > 0  # the right half went dark
   assert unsure.astype(int).sum() < sure.astype(int).sum()
+
+
+def test_reference_masks_add_one_panel_per_layer_in_the_centers_colors():
+  image = np.full([8, 8, 3], 100, np.uint8)
+  assignments = np.zeros([2, 8, 8], np.int32)
+  panoptic = np.zeros([8, 8], np.int32)
+  info = dataset_info.get_dataset_info('synthetic_panoptic')
+  centers = np.zeros([2, 8, 8], np.int32)
+  centers[1] = 1
+  values = np.ones([2, 8, 8], np.float32)
+  values[:, :, 4:] = 0.0
+  plain = visualization.cluster_figure(
+      image, assignments, panoptic, info, layer_strides=(16, 8),
+      panel_size=8, columns=4, cluster_alpha=1.0)
+  figure = visualization.cluster_figure(
+      image, assignments, panoptic, info, layer_strides=(16, 8),
+      panel_size=8, columns=4, cluster_alpha=1.0,
+      reference_masks=(centers, values))
+  # input, two layers, panoptic: one row; the two reference panels: another.
+  assert figure.shape[1] == plain.shape[1]
+  assert figure.shape[0] > plain.shape[0]
+  np.testing.assert_array_equal(figure[:plain.shape[0]], plain)
+  colors = visualization.center_colors(2)
+  shown = np.full([8, 8, 3], 100, np.uint8)
+  for layer in (0, 1):
+    panel = visualization.assignment_overlay(
+        shown, centers[layer], colors, confidence=values[layer], alpha=1.0)
+    np.testing.assert_array_equal(panel[:, :4], np.broadcast_to(
+        colors[layer], [8, 4, 3]))
+    assert panel[:, 4:].max() == 0  # value 0: dark
+
+
+def test_reference_masks_of_the_wrong_shape_are_an_error():
+  info = dataset_info.get_dataset_info('synthetic_panoptic')
+  with pytest.raises(ValueError, match='reference masks as two'):
+    visualization.cluster_figure(
+        np.zeros([8, 8, 3], np.uint8), np.zeros([2, 8, 8], np.int32),
+        np.zeros([8, 8], np.int32), info, layer_strides=(16, 8),
+        reference_masks=(np.zeros([1, 8, 8]), np.zeros([1, 8, 8])))
