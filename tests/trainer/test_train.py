@@ -26,11 +26,11 @@ SHORT = ['trainer_options.steps_per_loop=2',
          'evaluator_options.eval_interval_steps=2']
 
 
-def _run(model_dir, mode, steps, extra=()):
+def _run(model_dir, mode, steps, extra=(), progress=None):
   return runner.run_experiment(
       config_file=TINY_CONFIG, model_dir=model_dir, mode=mode,
       overrides=SHORT + [f'trainer_options.num_steps={steps}'] + list(extra),
-      strategy='one_device')
+      strategy='one_device', progress=progress)
 
 
 def _checkpoint_steps(model_dir):
@@ -52,7 +52,9 @@ def _summary_tags(folder):
 @pytest.mark.slow
 def test_train_then_eval_then_train_and_eval(synthetic_env, tmp_path):
   model_dir = tmp_path / 'run'
-  _run(model_dir, 'train', 4)
+  progress = []
+  _run(model_dir, 'train', 4, progress=progress.append)
+  assert progress == [2, 4]  # after each loop of 2 steps
   assert _checkpoint_steps(model_dir) == [2, 4]
   assert 'train/input_groundtruth_prediction' in _summary_tags(
       model_dir / 'train')
@@ -107,17 +109,20 @@ def test_loss_falls_over_50_steps(synthetic_env, tmp_path, meta):
   assert losses[-1] < (0.97 if meta == 'kmax' else 0.98) * losses[0], losses
   assert all(later < losses[0] for later in losses[1:]), losses
   if meta == 'cmt':
-    assert all(b < a for a, b in zip(losses, losses[1:])), losses  # the mask-approximation loss is trained too
+    assert all(b < a for a, b in zip(losses, losses[1:])), losses
+    # The mask-approximation loss is trained too.
     terms = trainer.train(tf.constant(1))
     assert terms['reference_mask'] > 0
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize('meta', ['kmax', 'cmt'])
 @pytest.mark.parametrize('precision', ['bfloat16', 'float16'])
 def test_mixed_precision_trains_with_float32_predictions(synthetic_env,
                                                           tmp_path,
-                                                          precision):
-  config = runner.load_experiment_config(TINY_CONFIG, SHORT + [
+                                                          precision, meta):
+  config_file = TINY_CONFIG if meta == 'kmax' else _cmt_tiny_config(tmp_path)
+  config = runner.load_experiment_config(config_file, SHORT + [
       'trainer_options.num_steps=2',
       f'trainer_options.mixed_precision={precision}'])
   experiment = runner.Experiment(config, tmp_path / 'run',
@@ -133,6 +138,24 @@ def test_mixed_precision_trains_with_float32_predictions(synthetic_env,
   for key in ('class_logits', 'mask_logits', 'pixel_feature',
               'semantic_logits'):
     assert outputs[key].dtype == tf.float32, key
+
+
+@pytest.mark.slow
+def test_cmt_trains_alike_under_each_kernel_policy(synthetic_env, tmp_path):
+  """Same seed, data and steps: the CPU kernels change no loss."""
+  config_file = _cmt_tiny_config(tmp_path)
+  losses = {}
+  for policy in ('REFERENCE', 'CPU_OPTIMIZED'):
+    config = runner.load_experiment_config(config_file, SHORT + [
+        'trainer_options.num_steps=3', f'model_options.kernel_policy={policy}'])
+    experiment = runner.Experiment(config, tmp_path / policy,
+                                   tf.distribute.OneDeviceStrategy('/cpu:0'))
+    assert experiment.kernel_policy.name == policy
+    losses[policy] = [float(experiment.trainer.train(tf.constant(1))['total'])
+                      for _ in range(3)]
+    assert all(np.isfinite(losses[policy])), losses
+  np.testing.assert_allclose(losses['CPU_OPTIMIZED'], losses['REFERENCE'],
+                             rtol=1e-3)
 
 
 def test_warm_start_from_initial_checkpoint_unless_resuming(synthetic_env,
