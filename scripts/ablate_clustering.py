@@ -248,7 +248,8 @@ def main(argv=None):
     return result if result.get('steps') == steps else None
 
   pending = [v for v in args.variants if done(v) is None]
-  bar = tqdm(total=steps * len(pending), unit='step', dynamic_ncols=True)
+  bar = tqdm(total=steps * len(pending), unit='step', dynamic_ncols=True,
+             disable=not pending)
   for index, variant in enumerate(pending):
     bar.set_description(f'{variant} ({index + 1}/{len(pending)})')
     model_dir = output_dir / variant / 'model'
