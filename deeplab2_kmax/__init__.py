@@ -5,7 +5,7 @@ Public API:
   model = deeplab2_kmax.build_model(config)
   outputs = model(images, training=False)
   deeplab2_kmax.load_deeplab2_checkpoint(model, prefix)
-  deeplab2_kmax.load_initial_checkpoint(model, config)
+  report = deeplab2_kmax.load_initial_checkpoint(model, config)
 """
 from deeplab2_kmax.config import ConfigError
 from deeplab2_kmax.config import load_config
@@ -24,7 +24,9 @@ def load_deeplab2_checkpoint(model, prefix):
 
 
 def load_initial_checkpoint(model, config):
-  """Loads `model_options.initial_checkpoint` (DeepLab2's layout or ours)."""
+  """Loads `model_options.initial_checkpoint` with its scope (any layout,
+  or zoo:NAME); returns a LoadReport (see checkpoints/initial_checkpoint.py)
+  or None when the field is empty."""
   from deeplab2_kmax.checkpoints import initial_checkpoint  # pylint: disable=import-outside-toplevel
   return initial_checkpoint.load_initial_checkpoint(model, config)
 

@@ -156,6 +156,11 @@ def validate(config, source='<config>'):
          f'{variants.backbone_names()}')
   _check_keep_prob(fail, 'model_options.backbone.drop_path_keep_prob',
                    model.backbone.drop_path_keep_prob)
+  if (model.backbone.pretrained_weights == 'keras' and
+      backbone not in variants.CONVNEXT_VARIANTS):
+    fail('model_options.backbone.pretrained_weights',
+         f'"keras" (keras.applications\' ImageNet weights) exists only for '
+         f'the ConvNeXt backbones; the backbone is {backbone!r}')
 
   stages = model.pixel_decoder.stages
   if not stages:

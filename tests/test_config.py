@@ -104,7 +104,7 @@ def test_unknown_field_names_it_and_lists_valid_fields():
   assert 'BackboneOptions' in message
   valid = message.split('valid fields are:')[1]
   assert [f.strip() for f in valid.split(',')] == [
-      'name', 'drop_path_keep_prob']
+      'name', 'drop_path_keep_prob', 'pretrained_weights']
 
 
 def test_unknown_enum_value_names_it_and_lists_valid_values():
@@ -165,11 +165,18 @@ def test_variable_substitution_in_repeated_string_field(monkeypatch):
   assert config_lib.resolved(pattern, 'f') == pattern
 
 
+def _with_initial_checkpoint(value):
+  return config_lib.parse_config(_replace_once(
+      _tiny_text(), 'model_options {',
+      f'model_options {{\n  initial_checkpoint: "{value}"'))
+
+
 def test_variable_substitution_in_singular_string_field(monkeypatch):
   monkeypatch.setenv('INIT_CHECKPOINT', '/ckpt/model-100')
   monkeypatch.setenv('COCO_TFRECORD_DIR', '/coco')
-  config = config_lib.load_config(COCO_CONFIG)
+  config = _with_initial_checkpoint('${INIT_CHECKPOINT}')
   assert config.model_options.initial_checkpoint == '/ckpt/model-100'
+  config = config_lib.load_config(COCO_CONFIG)
   assert config.train_dataset_options.file_pattern[0] == (
       '/coco/train-*.tfrecord')
 
@@ -186,7 +193,7 @@ def test_several_variables_in_one_value(monkeypatch):
 
 def test_unset_variable_loads_but_resolved_raises(monkeypatch):
   monkeypatch.delenv('INIT_CHECKPOINT', raising=False)
-  config = config_lib.load_config(COCO_CONFIG)
+  config = _with_initial_checkpoint('${INIT_CHECKPOINT}')
   value = config.model_options.initial_checkpoint
   assert value == '${INIT_CHECKPOINT}'
   with pytest.raises(ConfigError) as info:

@@ -238,7 +238,7 @@ def deeplab2_variable_map(model):
   return [(e.key, e.variable) for e in entries]
 
 
-def _is_model_key(key):
+def is_model_key(key):
   return not (key in _NON_MODEL_KEYS or key.startswith('optimizer/') or
               '.OPTIMIZER_SLOT' in key or key.startswith('_CHECKPOINTABLE'))
 
@@ -263,7 +263,7 @@ def load_deeplab2_checkpoint(model, prefix):
         f'{prefix}: cannot read a TensorFlow checkpoint: {e}') from e
   shapes = reader.get_variable_to_shape_map()
   available = {k[:-len(_SUFFIX)] if k.endswith(_SUFFIX) else k: k
-               for k in shapes if _is_model_key(k.split('/.ATTRIBUTES')[0])}
+               for k in shapes if is_model_key(k.split('/.ATTRIBUTES')[0])}
   ensure_built(model)
   variable_map = deeplab2_variable_map(model)
 
@@ -273,7 +273,7 @@ def load_deeplab2_checkpoint(model, prefix):
       missing.append(key)
       continue
     value = reader.get_tensor(available[key])
-    if value.size != int(np.prod(variable.shape)) or not _compatible(
+    if value.size != int(np.prod(variable.shape)) or not compatible_shapes(
         value.shape, variable.shape):
       mismatched.append(f'{key}: checkpoint {list(value.shape)}, model '
                         f'{list(variable.shape)}')
@@ -296,7 +296,7 @@ def load_deeplab2_checkpoint(model, prefix):
   return len(values)
 
 
-def _compatible(checkpoint_shape, model_shape):
+def compatible_shapes(checkpoint_shape, model_shape):
   """Equal shapes up to size-1 axes (DeepLab2 Conv1D [1, I, O] vs [I, O],
   per-head norms [8] vs [1, 8, 1, 1])."""
   squeeze = lambda s: [int(d) for d in s if int(d) != 1]  # pylint: disable=unnecessary-lambda-assignment

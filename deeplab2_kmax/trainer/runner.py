@@ -176,12 +176,22 @@ class Experiment:
     iterations = self.optimizer.iterations
     return getattr(iterations, 'value', iterations)
 
-  def warm_start(self):
-    """Loads model_options.initial_checkpoint, if set, into the model."""
-    if self.config.model_options.HasField('initial_checkpoint'):
-      report = initial_checkpoint.load_initial_checkpoint(self.model,
-                                                          self.config)
-      logging.info('warm start: %s', report)
+  def warm_start(self, evaluation=False):
+    """The backbone's pretrained weights and the initial checkpoint, if
+    set (for an evaluation: the whole initial checkpoint); what was loaded
+    goes to the log and, on the chief, to
+    model_dir/initial_checkpoint_report.json."""
+    reports = initial_checkpoint.warm_start(self.model, self.config,
+                                            evaluation=evaluation)
+    if not any(reports.values()):
+      return
+    for field, report in reports.items():
+      if report is not None:
+        logging.info('warm start, %s: %s', field, report.summary())
+    if self.is_chief:
+      write_json(self.model_dir / initial_checkpoint.REPORT_FILE,
+                 {field: report.as_dict() if report else None
+                  for field, report in reports.items()})
 
   def controller(self, progress=None):
     """orbit.Controller of this run; `progress(step)`, if given, is called
@@ -298,7 +308,7 @@ def _run_mode(experiment, mode, continuous_eval_timeout, progress):
             'model_options.initial_checkpoint)')
       # A model_dir without checkpoints evaluates the initial checkpoint
       # (e.g. a DeepLab2 zoo checkpoint), as DeepLab2's evaluator does.
-      experiment.warm_start()
+      experiment.warm_start(evaluation=True)
     return controller.evaluate(steps=eval_steps)
   if mode == 'train_and_eval':
     controller.train_and_evaluate(

@@ -1,5 +1,4 @@
 """Cityscapes instance AP against cityscapesScripts' own evaluator."""
-import os
 
 import numpy as np
 import pytest

@@ -78,7 +78,7 @@ def test_key_map_and_parameter_count_equal_deeplab2s(built_encoder):
   assert {id(e.variable) for e in entries} == {
       id(v) for v in built_encoder.weights}
   for entry in entries:
-    assert deeplab2_import._compatible(  # pylint: disable=protected-access
+    assert deeplab2_import.compatible_shapes(  # pylint: disable=protected-access
         listing[entry.key], entry.variable.shape), entry.key
 
   def size(shape):

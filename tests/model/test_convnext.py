@@ -90,7 +90,7 @@ def test_key_map_covers_fixture_keys_exactly():
     ours = list(entry.variable.shape)
     theirs = expected[entry.key]
     assert int(np.prod(ours)) == int(np.prod(theirs)), entry.key
-    assert deeplab2_import._compatible(theirs, ours), entry.key
+    assert deeplab2_import.compatible_shapes(theirs, ours), entry.key
 
 
 def test_drop_path_keep_rates():

@@ -171,6 +171,13 @@ def test_warm_start_from_initial_checkpoint_unless_resuming(synthetic_env,
   assert int(first.global_step.numpy()) == 0  # weights only, fresh optimizer
   for mine, theirs in zip(first.model.weights, source.weights):
     np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
+  report = json.loads(
+      (tmp_path / 'run' / 'initial_checkpoint_report.json').read_text())
+  assert report['pretrained_weights'] is None
+  loaded = report['initial_checkpoint']
+  assert loaded['scope'] == 'ALL' and loaded['layout'] == 'deeplab2_kmax'
+  assert len(loaded['loaded']) == len(source.weights)
+  assert loaded['fresh'] == {} and 'loaded' in loaded['summary']
   # Once the run has a checkpoint of its own, a restart resumes from it and
   # ignores initial_checkpoint.
   kernel = first.model.trainable_variables[0]
@@ -487,13 +494,20 @@ def test_eval_without_checkpoints_evaluates_the_initial_checkpoint(
   import_test._randomize(source, 3)  # pylint: disable=protected-access
   prefix = tmp_path / 'zoo'
   import_test._write_deeplab2_checkpoint(source, prefix)  # pylint: disable=protected-access
+  # The scope is about starting a training (here: an ImageNet backbone);
+  # the evaluated checkpoint is loaded whole.
   overrides = SHORT + ['evaluator_options.num_eval_steps=1',
-                       f'model_options.initial_checkpoint={prefix}']
+                       f'model_options.initial_checkpoint={prefix}',
+                       'model_options.initial_checkpoint_scope=PIXEL_ENCODER']
   result = runner.run_experiment(
       config_file=TINY_CONFIG, model_dir=tmp_path / 'run', mode='eval',
       overrides=overrides, strategy='one_device')
   assert np.isfinite(result['loss/total'])
   assert (tmp_path / 'run' / 'eval' / 'metrics-0.json').exists()
+  report = json.loads(
+      (tmp_path / 'run' / 'initial_checkpoint_report.json').read_text())
+  assert report['initial_checkpoint']['scope'] == 'ALL'
+  assert len(report['initial_checkpoint']['loaded']) == len(source.weights)
   with pytest.raises(FileNotFoundError, match='initial_checkpoint'):
     runner.run_experiment(config_file=TINY_CONFIG, model_dir=tmp_path / 'b',
                           mode='eval', overrides=SHORT,
