@@ -73,15 +73,15 @@ def _prepare(output_dir, overwrite):
       folder.mkdir(parents=True)
 
 
-def _write_split(output_dir, split, count, seed, options):
+def _write_split(output_dir, split, count, seed, options, info):
   """Writes the JPEGs and PNGs of one split; returns its JSON object."""
-  dataset = synthetic_render.DATASET
+  dataset = info.name
   images, annotations = [], []
   for index in range(count):
     image_id = _FIRST_ID[split] + index
     name = f'{image_id:012d}'
     rng = sample_rng(seed, split, index)
-    sample = synthetic_render.render(rng, options)
+    sample = synthetic_render.render(rng, options, info)
     io_utils.write_bytes(
         output_dir / 'images' / split / f'{name}.jpg',
         _encode(sample.image, 'JPEG', quality=JPEG_QUALITY, subsampling=0))
@@ -100,23 +100,32 @@ def _write_split(output_dir, split, count, seed, options):
       'licenses': [],
       'images': images,
       'annotations': annotations,
-      'categories': dataset_info.get_dataset_info(dataset).categories_json(),
+      'categories': info.categories_json(),
   }
 
 
 def generate(output_dir, num_train, num_val, seed, options=None,
-             overwrite=False):
-  """Writes the data set to `output_dir`; returns {split: JSON path}."""
+             overwrite=False, info=None):
+  """Writes the data set to `output_dir`; returns {split: JSON path}.
+
+  `info`: a DatasetInfo of other classes to draw (e.g.
+  dataset_info.from_categories_json of a user's categories), each named
+  after a shape (things) or a texture (stuff) of synthetic_render; its
+  categories go into the JSON, so the data set converts with
+  build_tfrecords --dataset=custom. Default: the built-in classes.
+  """
   options = options or synthetic_render.SyntheticOptions()
+  info = info or dataset_info.get_dataset_info(synthetic_render.DATASET)
   output_dir = pathlib.Path(output_dir)
   counts = {'train': num_train, 'val': num_val}
   for split, count in counts.items():
     if not 0 <= count <= _MAX_IMAGES_PER_SPLIT:
       raise ValueError(f'num_{split}: expected 0..{_MAX_IMAGES_PER_SPLIT} '
                        f'images, got {count}')
-  synthetic_render.check_classes()  # fail before touching any file
+  synthetic_render.check_classes(info)  # fail before touching any file
   _prepare(output_dir, overwrite)
-  documents = {split: _write_split(output_dir, split, count, seed, options)
+  documents = {split: _write_split(output_dir, split, count, seed, options,
+                                   info)
                for split, count in counts.items()}
   paths = {}
   for split, document in documents.items():
@@ -125,12 +134,15 @@ def generate(output_dir, num_train, num_val, seed, options=None,
   return paths
 
 
-def write_tfrecords(data_dir, *, num_train, num_val, seed, train_shards=4):
+def write_tfrecords(data_dir, *, num_train, num_val, seed, train_shards=4,
+                    info=None):
   """The data set as TFRecords, as the synthetic configs read them.
 
   Generates the COCO panoptic files in `data_dir`/raw unless they are there
   (same seed, same files), then converts them to
-  `data_dir`/{train,val}-*.tfrecord (what ${SYNTHETIC_DATA} names).
+  `data_dir`/{train,val}-*.tfrecord (what ${SYNTHETIC_DATA} names). With
+  `info` (other classes, see generate) the conversion is a custom data
+  set's: classes from the JSON's categories, label divisor 1000.
   """
   # Imported here: the converters import this package's dataset tables.
   from deeplab2_kmax.data import converters  # pylint: disable=import-outside-toplevel
@@ -139,14 +151,15 @@ def write_tfrecords(data_dir, *, num_train, num_val, seed, train_shards=4):
   if not all((raw / 'annotations' / f'panoptic_{split}.json').exists()
              for split in SPLITS):
     generate(raw, num_train=num_train, num_val=num_val, seed=seed,
-             overwrite=True)
+             overwrite=True, info=info)
   for split, shards in (('train', train_shards), ('val', 1)):
     converters.convert(
         'coco_panoptic', images_dir=raw / 'images' / split,
         panoptic_json=raw / 'annotations' / f'panoptic_{split}.json',
         panoptic_dir=raw / 'annotations' / f'panoptic_{split}',
         output=data_dir / split, num_shards=shards,
-        dataset='synthetic_panoptic', overwrite=True, progress=False)
+        dataset='synthetic_panoptic' if info is None else 'custom',
+        overwrite=True, progress=False)
   return raw
 
 
@@ -164,12 +177,21 @@ def main(argv=None):
   parser.add_argument('--width', type=int, default=defaults.width)
   parser.add_argument('--overwrite', action='store_true',
                       help='replace a data set already in --output_dir')
+  parser.add_argument('--categories_json', default=None,
+                      help='COCO panoptic categories to draw instead of the '
+                           'built-in ones, each named after a shape (things: '
+                           f'{", ".join(synthetic_render.SHAPE_NAMES)}) or a '
+                           'texture (stuff: '
+                           f'{", ".join(synthetic_render.TEXTURE_NAMES)})')
   args = parser.parse_args(argv)
   try:
+    info = None
+    if args.categories_json:
+      info = dataset_info.from_categories_json(args.categories_json)
     paths = generate(args.output_dir, args.num_train, args.num_val, args.seed,
                      synthetic_render.SyntheticOptions(
                          height=args.height, width=args.width),
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, info=info)
   except (ValueError, FileExistsError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 1

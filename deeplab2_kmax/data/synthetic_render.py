@@ -346,26 +346,34 @@ def _segments_info(segment_ids, segments):
   return info
 
 
-def check_classes():
-  """Thing and stuff ClassInfo of the data set, checked against the drawers."""
-  info = dataset_info.get_dataset_info(DATASET)
+SHAPE_NAMES = tuple(sorted(_SHAPES))  # thing classes that can be drawn
+TEXTURE_NAMES = tuple(sorted(_TEXTURES))  # stuff classes
+
+
+def check_classes(info=None):
+  """Thing and stuff ClassInfo of `info` (default: the built-in data set's
+  classes), checked against the drawers: a thing is drawn by its name's
+  shape, a stuff class by its name's texture."""
+  info = info or dataset_info.get_dataset_info(DATASET)
   things = [c for c in info.classes if c.is_thing]
   stuff = [c for c in info.classes if not c.is_thing]
   for group, drawers in ((things, _SHAPES), (stuff, _TEXTURES)):
     unknown = [c.name for c in group if c.name not in drawers]
     if unknown or not group:
       raise ValueError(
-          f'dataset_info {DATASET!r}: classes {unknown} have no drawer in '
+          f'dataset_info {info.name!r}: classes {unknown} have no drawer in '
           f'synthetic_render.py; expected thing names from '
           f'{sorted(_SHAPES)} and stuff names from {sorted(_TEXTURES)}, at '
           'least one of each')
   return things, stuff
 
 
-def render(rng, options=None):
-  """Draws one image with `rng` (a np.random.Generator); returns a Sample."""
+def render(rng, options=None, info=None):
+  """Draws one image with `rng` (a np.random.Generator); returns a Sample.
+  `info`: the classes to draw (default: the built-in data set's), see
+  check_classes; segments carry their source (category) ids."""
   options = options or SyntheticOptions()
-  things, stuff = check_classes()
+  things, stuff = check_classes(info)
   canvas = _Canvas(options.height, options.width)
   _draw_stuff(rng, canvas, stuff, options)
   if rng.random() < options.void_prob:

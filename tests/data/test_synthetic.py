@@ -109,11 +109,11 @@ def test_refuses_to_overwrite(tmp_path, capsys):
 def test_interrupted_run_leaves_no_json(tmp_path, monkeypatch):
   render, calls = synthetic_render.render, []
 
-  def failing_render(rng, options=None):
+  def failing_render(rng, options=None, info=None):
     calls.append(1)
     if len(calls) == 3:
       raise KeyboardInterrupt
-    return render(rng, options)
+    return render(rng, options, info)
 
   monkeypatch.setattr(synthetic_render, 'render', failing_render)
   with pytest.raises(KeyboardInterrupt):
@@ -126,3 +126,30 @@ def test_bad_image_counts(tmp_path):
   with pytest.raises(ValueError, match='num_train'):
     synthetic.generate(tmp_path, num_train=-1, num_val=1, seed=0)
   assert not list(tmp_path.iterdir())
+
+
+def test_own_categories_are_drawn_and_written(tmp_path, capsys):
+  categories = [{'id': 40, 'name': 'square', 'isthing': 1},
+                {'id': 7, 'name': 'disk', 'isthing': 1},
+                {'id': 90, 'name': 'checker', 'isthing': 0}]
+  path = tmp_path / 'categories.json'
+  path.write_text(json.dumps(categories))
+  assert synthetic.main([f'--output_dir={tmp_path / "d"}', '--num_train=6',
+                         '--num_val=0', f'--categories_json={path}']) == 0
+  document = json.loads(
+      (tmp_path / 'd' / 'annotations' / 'panoptic_train.json').read_text())
+  assert sorted(c['id'] for c in document['categories']) == [7, 40, 90]
+  used = {s['category_id'] for a in document['annotations']
+          for s in a['segments_info']}
+  assert used <= {7, 40, 90} and 90 in used and used & {7, 40}
+
+
+def test_categories_without_a_drawer_are_an_error(tmp_path, capsys):
+  path = tmp_path / 'categories.json'
+  path.write_text(json.dumps([{'id': 1, 'name': 'cat', 'isthing': 1},
+                              {'id': 2, 'name': 'noise', 'isthing': 0}]))
+  assert synthetic.main([f'--output_dir={tmp_path / "d"}', '--num_train=1',
+                         '--num_val=0', f'--categories_json={path}']) == 1
+  error = capsys.readouterr().err
+  assert "['cat'] have no drawer" in error and 'disk' in error
+  assert not (tmp_path / 'd').exists()
