@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import deeplab2_kmax
+from deeplab2_kmax import zoo_registry
 from deeplab2_kmax.model import outputs
 from deeplab2_kmax.model.pixel_encoder import variants
 from tests import conftest
@@ -74,6 +75,29 @@ def test_sixteen_configs_parse_and_name_their_backbone():
         'coco': 150000, 'cityscapes': 60000, 'ade20k': 100000}[dataset]
     assert config.train_dataset_options.batch_size == (
         32 if dataset == 'cityscapes' else 64)
+    _assert_imagenet_start(config)
+
+
+def _assert_imagenet_start(config):
+  """The recipe starts from DeepLab2's ImageNet backbone, by zoo name."""
+  model = config.model_options
+  backbone = model.backbone.name
+  if backbone.startswith('convnext'):
+    assert not model.initial_checkpoint
+    name = model.backbone.pretrained_weights
+  else:
+    assert not model.backbone.pretrained_weights
+    assert model.initial_checkpoint_scope == (
+        deeplab2_kmax.config.config_pb2.PIXEL_ENCODER)
+    name = model.initial_checkpoint
+  assert name.startswith('zoo:')
+  entry = zoo_registry.REGISTRY[name[len('zoo:'):]]
+  assert entry.kind == zoo_registry.IMAGENET and entry.backbone == backbone
+
+
+def test_cmt_configs_start_from_imagenet_backbones_too():
+  for path in sorted(conftest.CONFIGS.glob('*/cmt_deeplab/*.textproto')):
+    _assert_imagenet_start(deeplab2_kmax.load_config(path))
 
 
 @pytest.mark.slow
