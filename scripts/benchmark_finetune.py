@@ -102,8 +102,10 @@ def main(argv=None):
       options.ClearField('file_pattern')
       options.file_pattern.append(str(own / f'{split}-*.tfrecord'))
     config.trainer_options.num_steps = args.steps
+    # Only the source differs: no ImageNet weights for either run.
     config.model_options.ClearField('initial_checkpoint')
     config.model_options.ClearField('initial_checkpoint_scope')
+    config.model_options.backbone.ClearField('pretrained_weights')
     if run == 'finetuned':
       config.model_options.initial_checkpoint = source
       config.model_options.initial_checkpoint_scope = (
