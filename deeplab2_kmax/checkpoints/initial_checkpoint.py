@@ -197,9 +197,10 @@ def restore(model, checkpoint, *, scope=ALL, where):
   layout = checkpoint_layout(available)
   if layout is None:
     raise deeplab2_import.CheckpointMismatchError(
-        f'{where}: {prefix} is neither a deeplab2_kmax checkpoint (model/... '
-        'keys) nor a DeepLab2 one (encoder/..., backbone/_encoder/..., or a '
-        'bare backbone\'s _stem/... or downsample_layers/... keys)')
+        f'{where}: the checkpoint does not match the model: {prefix} is '
+        'neither a deeplab2_kmax checkpoint (model/... keys) nor a DeepLab2 '
+        'one (encoder/..., backbone/_encoder/..., or a bare backbone\'s '
+        '_stem/... or downsample_layers/... keys)')
   if layout in _ENCODER_ONLY and scope != PIXEL_ENCODER:
     # Only the backbone can come from a backbone-only file.
     scope = PIXEL_ENCODER
