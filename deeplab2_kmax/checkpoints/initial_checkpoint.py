@@ -111,7 +111,7 @@ def class_layer_weights(model):
 
 def scope_weights(model, scope):
   """The model weights a checkpoint loads under `scope` -> ({id: weight},
-  {id: reason} of the others)."""
+  {path: why it keeps its initial value} of the others)."""
   weights = model.weights
   if scope == ALL:
     return {id(w): w for w in weights}, {}
@@ -123,7 +123,7 @@ def scope_weights(model, scope):
         id(w) for w in class_layer_weights(model)}
     reason = 'class layer (scope ALL_BUT_CLASS_LAYERS)'
   return ({id(w): w for w in weights if id(w) in chosen},
-          {id(w): reason for w in weights if id(w) not in chosen})
+          {w.path: reason for w in weights if id(w) not in chosen})
 
 
 def checkpoint_layout(keys):
@@ -231,11 +231,9 @@ def restore(model, checkpoint, *, scope=ALL, where):
   unused = sorted(k for k in available if k not in read and (
       k.startswith(_OURS) if layout == 'deeplab2_kmax'
       else deeplab2_import.is_model_key(k)))
-  by_id = {id(w): w for w in model.weights}
   report = LoadReport(
       checkpoint=prefix, layout=layout, scope=scope,
-      loaded=[w.path for _, w in values],
-      fresh={by_id[i].path: reason for i, reason in fresh.items()},
+      loaded=[w.path for _, w in values], fresh=fresh,
       unused=unused)
   logging.info('initial weights: %s', report.summary())
   return report

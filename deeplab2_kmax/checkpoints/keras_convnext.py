@@ -104,13 +104,11 @@ def load_keras_imagenet_weights(model, backbone, *, where, weights='imagenet'):
         f'{type(e).__name__}: {e}') from None
   deeplab2_import.ensure_built(model)
   loaded, unused = copy_weights(model.pixel_encoder, source)
-  chosen, fresh = initial_checkpoint.scope_weights(
+  _, fresh = initial_checkpoint.scope_weights(
       model, initial_checkpoint.PIXEL_ENCODER)
-  del chosen
-  by_id = {id(w): w for w in model.weights}
   return initial_checkpoint.LoadReport(
       checkpoint=f'keras.applications.{KERAS_MODELS[backbone]}'
                  f'(weights={weights!r})',
       layout='keras', scope=initial_checkpoint.PIXEL_ENCODER, loaded=loaded,
-      fresh={by_id[i].path: reason for i, reason in fresh.items()},
+      fresh=fresh,
       unused=unused)
